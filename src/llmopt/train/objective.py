@@ -1,0 +1,114 @@
+"""The trainer contract: what an objective computes and how the trainer scales it.
+
+An objective turns one micro-batch into a SUM of per-label-token losses. The
+trainer counts the label tokens of the whole optimizer step (every
+micro-batch, every rank) before the first backward and multiplies each
+micro-batch's `loss_sum` by 1/that count. Summing first and dividing by the
+global count is what makes accumulation and data parallelism give exactly the
+full-batch gradient; averaging per-micro-batch means does not when micro-batches
+hold different numbers of label tokens.
+
+Label convention (shared by every objective): `labels` are NOT shifted. They
+are aligned with `input_ids` (usually a copy with -100 on padding), and the
+objective predicts `labels[:, t + 1]` from position `t`. So the label tokens of
+a batch are `labels[:, 1:] != -100`; `count_label_tokens` is the one place that
+says so, and objectives must score exactly those positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from llmopt.train.precision import Precision
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ObjectiveOutput:
+    """One micro-batch's contribution to a step.
+
+    Attributes:
+        loss_sum: differentiable scalar, the SUM of per-label-token losses of
+            this micro-batch (not a mean).
+        metrics: extra SUMS over the micro-batch's label tokens to log (e.g.
+            {"kd": ..., "ce": ...}); the trainer divides them by the step's
+            global label-token count, as it does the loss.
+    """
+
+    loss_sum: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the trainer calls on every micro-batch."""
+
+    name: str
+
+    def setup(self, model: nn.Module, device: torch.device, precision: Precision) -> None:
+        """Prepare before training (e.g. move a teacher to `device`)."""
+        ...
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained alongside the model (e.g. hidden-state projections)."""
+        ...
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        """Loss SUM over the label tokens of `batch` (see the module docstring)."""
+        ...
+
+
+def count_label_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Number of scored positions in `batch`: `labels[:, 1:] != -100` (int64 scalar tensor)."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Targets aligned with logits[:, :-1]: `labels[:, 1:]`, -100 where ignored."""
+    return labels[:, 1:]
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys a Hugging Face causal LM takes; other batch keys are for objectives."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+
+
+def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy over positions whose shifted label is not -100.
+
+    Takes logits [B, T, V] and unshifted labels [B, T]; computes in fp32 so
+    that autocast does not reduce the precision of the log-softmax.
+    """
+    targets = shifted_targets(labels)
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+class LMObjective:
+    """Next-token cross-entropy, summed over label tokens (labels unshifted, see module doc)."""
+
+    name = "lm"
+
+    def setup(self, model: nn.Module, device: torch.device, precision: Precision) -> None:
+        """Nothing to prepare: the LM loss needs only the model."""
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """No parameters besides the model's."""
+        return []
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        """Returns the CE sum; the model is called without labels so HF does not average."""
+        logits = model(**model_inputs(batch), use_cache=False).logits
+        loss_sum = token_cross_entropy_sum(logits, batch["labels"])
+        return ObjectiveOutput(loss_sum=loss_sum)
