@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, online and cached teachers, the distillation objective."""

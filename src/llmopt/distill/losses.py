@@ -1,0 +1,234 @@
+"""Distillation losses, as sums over label tokens, computed in chunks of tokens.
+
+Every function here returns a SUM over the tokens whose label is not -100
+(the trainer divides by the label-token count of the whole optimizer step, so
+the loss is normalised per label token, not per sequence, and padding never
+counts). Inputs are aligned: row t of the logits predicts label t; the
+objective does the one-position shift.
+
+Divergences, with p the teacher's and q the student's distribution, both
+softened by the temperature T and the result multiplied by T^2 (Hinton et
+al.): the gradient of the softened loss shrinks like 1/T^2, so the factor
+keeps its scale comparable to the hard-label loss as T changes.
+
+- ``kl``:          KL(p || q), forward ("mean-seeking").
+- ``reverse-kl``:  KL(q || p) ("mode-seeking").
+- ``jsd``:         generalised Jensen-Shannon with m = beta p + (1 - beta) q,
+                   ``[beta KL(p||m) + (1-beta) KL(q||m)] / (beta (1 - beta))``.
+                   Unscaled, it tends to zero at both ends; divided by
+                   beta (1 - beta) it tends to KL(p||q) as beta -> 0 and to
+                   KL(q||p) as beta -> 1, and those are used exactly at the
+                   endpoints, so `--beta` moves continuously between the two KLs.
+
+Memory: the logits of a batch are [tokens, vocab]. Upcasting both to fp32 and
+taking softmaxes for the whole batch would allocate several fp32 copies of
+that. The loss is therefore evaluated `chunk_tokens` rows at a time, each
+chunk under activation checkpointing, so at most one chunk's fp32
+temporaries exist in the forward pass and again, one chunk at a time, in the
+backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+DEFAULT_CHUNK_TOKENS = 1024
+
+DivergenceName = Literal["kl", "reverse-kl", "jsd"]
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) per row from log-probabilities (finite inputs)."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(teacher || student) per row. `beta` is ignored (uniform signature)."""
+    return _kl(log_p, log_q)
+
+
+def reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(student || teacher) per row. `beta` is ignored (uniform signature)."""
+    return _kl(log_q, log_p)
+
+
+def generalized_jsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Generalised JSD per row, scaled so that beta=0 is forward KL and beta=1 reverse KL.
+
+    Args:
+        log_p: teacher log-probabilities [n, C].
+        log_q: student log-probabilities [n, C].
+        beta: teacher weight of the mixture m = beta p + (1 - beta) q, in [0, 1].
+
+    Returns:
+        [n] divergences.
+    """
+    if beta <= 0.0:
+        return _kl(log_p, log_q)
+    if beta >= 1.0:
+        return _kl(log_q, log_p)
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    jsd = beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+    return jsd / (beta * (1.0 - beta))
+
+
+DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "kl": forward_kl,
+    "reverse-kl": reverse_kl,
+    "jsd": generalized_jsd,
+}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What to compute: divergence, temperature, JSD beta, and the hard-label mix."""
+
+    divergence: str = "kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    alpha: float = 1.0
+    """Weight of the distillation term; 1 - alpha goes to the hard-label cross-entropy."""
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+
+
+@dataclass
+class LossSums:
+    """Sums over label tokens. `total` is differentiable; the parts are for logging."""
+
+    total: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor
+    tokens: int
+
+
+@dataclass
+class TopK:
+    """A cached teacher: top-k ids and log-probs per token, and the log of the remaining mass.
+
+    The mass outside the top k is kept as one remainder bucket: the teacher
+    distribution becomes k + 1 outcomes (the k tokens, "anything else"), the
+    student's is coarsened the same way, and the divergence is taken between
+    the two (k + 1)-outcome distributions. Nothing is renormalised, so the
+    teacher's probabilities stay exact; the error against the full-vocabulary
+    loss is only the divergence *inside* the bucket, weighted by its mass.
+    """
+
+    ids: torch.Tensor  # [n, k] int
+    logprobs: torch.Tensor  # [n, k], at the cache's temperature
+    rest: torch.Tensor  # [n], log of 1 - sum(exp(logprobs)), computed from the full distribution
+
+
+def _chunk_terms(
+    student: torch.Tensor,
+    teacher: torch.Tensor | TopK,
+    labels: torch.Tensor,
+    spec: LossSpec,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kd_sum, ce_sum) of one chunk of aligned rows, in fp32."""
+    valid = labels != IGNORE_INDEX
+    logits = student.float()
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    t = spec.temperature
+    log_q = torch.log_softmax(logits / t, dim=-1)
+    if isinstance(teacher, TopK):
+        log_q, log_p = _coarsen(log_q, teacher)
+    else:
+        log_p = torch.log_softmax(teacher.float() / t, dim=-1)
+    per_row = DIVERGENCES[spec.divergence](log_p, log_q, spec.beta)
+    kd = (per_row * valid).sum() * (t * t)
+    return kd, ce
+
+
+def _coarsen(log_q: torch.Tensor, top: TopK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher as (k + 1)-outcome log-distributions: top-k tokens + remainder."""
+    ids = top.ids.long()
+    q_top = log_q.gather(-1, ids)
+    q_rest = torch.logsumexp(log_q.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
+    p = torch.cat([top.logprobs.float(), top.rest.float().unsqueeze(-1)], dim=-1)
+    return torch.cat([q_top, q_rest], dim=-1), p
+
+
+def _slice_teacher(teacher: torch.Tensor | TopK, a: int, b: int) -> torch.Tensor | TopK:
+    if isinstance(teacher, TopK):
+        return TopK(teacher.ids[a:b], teacher.logprobs[a:b], teacher.rest[a:b])
+    return teacher[a:b]
+
+
+def _flatten_teacher(teacher: torch.Tensor | TopK, vocab: int) -> torch.Tensor | TopK:
+    if isinstance(teacher, TopK):
+        k = teacher.ids.shape[-1]
+        return TopK(
+            teacher.ids.reshape(-1, k), teacher.logprobs.reshape(-1, k), teacher.rest.reshape(-1)
+        )
+    return teacher[..., :vocab].reshape(-1, vocab)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor | TopK,
+    labels: torch.Tensor,
+    spec: LossSpec,
+    vocab_size: int | None = None,
+) -> LossSums:
+    """``alpha * KD + (1 - alpha) * CE`` as sums over label tokens, chunked over tokens.
+
+    Args:
+        student_logits: [..., V_s] logits aligned with `labels` (any float dtype).
+        teacher: [..., V_t] teacher logits, or a `TopK` cache entry with leading dims
+            matching `labels`.
+        labels: [...] target ids, -100 where ignored.
+        spec: divergence, temperature, beta, alpha, chunk size.
+        vocab_size: the real shared vocabulary; padded head rows beyond it are
+            sliced off both sides (default: the student's logit width).
+
+    Returns:
+        `LossSums`; `total` is differentiable w.r.t. the student logits.
+    """
+    vocab = vocab_size or student_logits.shape[-1]
+    flat_s = student_logits[..., :vocab].reshape(-1, vocab)
+    flat_t = _flatten_teacher(teacher, vocab)
+    flat_y = labels.reshape(-1)
+    kd = flat_s.new_zeros((), dtype=torch.float32)
+    ce = flat_s.new_zeros((), dtype=torch.float32)
+    step = max(1, spec.chunk_tokens)
+    need_grad = flat_s.requires_grad and torch.is_grad_enabled()
+    for a in range(0, flat_y.numel(), step):
+        b = a + step
+        y = flat_y[a:b]
+        if not bool((y != IGNORE_INDEX).any()):
+            continue  # all padding: contributes nothing, skip the softmaxes
+        args = (flat_s[a:b], _slice_teacher(flat_t, a, b), y, spec)
+        if need_grad:
+            # Only the chunk's inputs are saved; its fp32 softmaxes are rebuilt in backward.
+            part_kd, part_ce = checkpoint(_chunk_terms, *args, use_reentrant=False)
+        else:
+            part_kd, part_ce = _chunk_terms(*args)
+        kd = kd + part_kd
+        ce = ce + part_ce
+    total = spec.alpha * kd + (1.0 - spec.alpha) * ce
+    return LossSums(total=total, kd=kd, ce=ce, tokens=int((flat_y != IGNORE_INDEX).sum()))
+
+
+def topk_from_logits(logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopK:
+    """The teacher's top-k log-probs at `temperature` and the exact log-mass of the rest.
+
+    Args:
+        logits: [..., V] teacher logits (already sliced to the real vocabulary).
+        k: entries to keep, 1 <= k < V.
+        temperature: the softening the cache is made for.
+
+    Returns:
+        `TopK` with leading dims of `logits`; ids int32, log-probs and rest fp32.
+    """
+    log_p = torch.log_softmax(logits.float() / temperature, dim=-1)
+    values, ids = log_p.topk(k, dim=-1)
+    rest = torch.logsumexp(log_p.scatter(-1, ids, float("-inf")), dim=-1)
+    return TopK(ids=ids.to(torch.int32), logprobs=values, rest=rest)
