@@ -41,7 +41,9 @@ def windows(n_tokens: int, seq_len: int, stride: int | None) -> list[tuple[int, 
     start = 0
     while scored_until < n_tokens:
         end = min(start + seq_len, n_tokens)
-        out.append((start, end, max(scored_until, start + 1)))
+        first = max(scored_until, start + 1)
+        if first < end:  # a one-token tail window has no target: skip its forward pass
+            out.append((start, end, first))
         scored_until = end
         if end == n_tokens:
             break

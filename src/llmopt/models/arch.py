@@ -33,8 +33,6 @@ class ArchSpec:
     """Token embedding, relative to the backbone."""
     final_norm: str | None
     """Final norm, relative to the backbone (None where the family has none)."""
-    head: str
-    """Output head, relative to the wrapper."""
     attn: str
     """Attention module, relative to a block."""
     mlp: str
@@ -60,7 +58,6 @@ SPECS: tuple[ArchSpec, ...] = (
         blocks="layers",
         embed="embed_tokens",
         final_norm="norm",
-        head="lm_head",
         attn="self_attn",
         mlp="mlp",
         attn_in=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -77,7 +74,6 @@ SPECS: tuple[ArchSpec, ...] = (
         embed="wte",
         pos_embed="wpe",
         final_norm="ln_f",
-        head="lm_head",
         attn="attn",
         mlp="mlp",
         attn_in=("attn.c_attn",),
@@ -95,7 +91,6 @@ SPECS: tuple[ArchSpec, ...] = (
         embed="embed_tokens",
         pos_embed="embed_positions",
         final_norm="final_layer_norm",
-        head="lm_head",
         attn="self_attn",
         mlp="",
         attn_in=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -111,7 +106,6 @@ SPECS: tuple[ArchSpec, ...] = (
         blocks="layers",
         embed="embed_in",
         final_norm="final_layer_norm",
-        head="embed_out",
         attn="attention",
         mlp="mlp",
         attn_in=("attention.query_key_value",),
@@ -201,6 +195,10 @@ class ArchAdapter:
     def embedding(self) -> nn.Embedding:
         return get_path(self.backbone, self.spec.embed)
 
+    def head(self) -> nn.Module:
+        """The output projection (named differently across families and versions)."""
+        return self.model.get_output_embeddings()
+
     def position_embedding(self) -> nn.Module | None:
         return get_path(self.backbone, self.spec.pos_embed) if self.spec.pos_embed else None
 
@@ -209,9 +207,6 @@ class ArchAdapter:
             return None
         # OPT variants that normalise after each block set this to None.
         return get_path(self.backbone, self.spec.final_norm)
-
-    def head(self) -> nn.Module:
-        return get_path(self.model, self.spec.head)
 
     def attention(self, block: nn.Module) -> nn.Module:
         return get_path(block, self.spec.attn)

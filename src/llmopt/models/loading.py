@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from llmopt.cache import build_once, cache_root
 from llmopt.errors import BadInput, did_you_mean
@@ -101,7 +102,7 @@ def load_model(
             )
     except BadInput:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         what = "corrupt or unreadable checkpoint" if isinstance(where, Path) else "cannot load"
         raise BadInput(f"{spec}: {what}: {reason}") from None
