@@ -22,7 +22,8 @@ keeps its scale comparable to the hard-label loss as T changes.
 
 Memory: the logits of a batch are [tokens, vocab]. Upcasting both to fp32 and
 taking softmaxes for the whole batch would allocate several fp32 copies of
-that. The loss is therefore evaluated `chunk_tokens` rows at a time, each
+that. The loss is therefore evaluated `chunk_tokens` positions of one
+sequence at a time, each
 chunk under activation checkpointing, so at most one chunk's fp32
 temporaries exist in the forward pass and again, one chunk at a time, in the
 backward pass.
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_TOKENS = 1024
+DEFAULT_CHUNK_TOKENS = 256
 
 DivergenceName = Literal["kl", "reverse-kl", "jsd"]
 
@@ -97,6 +98,7 @@ class LossSpec:
     alpha: float = 1.0
     """Weight of the distillation term; 1 - alpha goes to the hard-label cross-entropy."""
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    """Sequence positions per chunk: fp32 temporaries are a few chunk x vocab arrays."""
 
 
 @dataclass
@@ -156,19 +158,18 @@ def _coarsen(log_q: torch.Tensor, top: TopK) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat([q_top, q_rest], dim=-1), p
 
 
-def _slice_teacher(teacher: torch.Tensor | TopK, a: int, b: int) -> torch.Tensor | TopK:
+def _teacher_piece(teacher: torch.Tensor | TopK, row: int, a: int, b: int, vocab: int):
     if isinstance(teacher, TopK):
-        return TopK(teacher.ids[a:b], teacher.logprobs[a:b], teacher.rest[a:b])
-    return teacher[a:b]
+        return TopK(teacher.ids[row, a:b], teacher.logprobs[row, a:b], teacher.rest[row, a:b])
+    return teacher[row, a:b, :vocab]
 
 
-def _flatten_teacher(teacher: torch.Tensor | TopK, vocab: int) -> torch.Tensor | TopK:
+def _as_3d(teacher: torch.Tensor | TopK) -> torch.Tensor | TopK:
     if isinstance(teacher, TopK):
-        k = teacher.ids.shape[-1]
-        return TopK(
-            teacher.ids.reshape(-1, k), teacher.logprobs.reshape(-1, k), teacher.rest.reshape(-1)
-        )
-    return teacher[..., :vocab].reshape(-1, vocab)
+        if teacher.ids.dim() == 2:
+            return TopK(teacher.ids[None], teacher.logprobs[None], teacher.rest[None])
+        return teacher
+    return teacher[None] if teacher.dim() == 2 else teacher
 
 
 def distillation_loss(
@@ -178,14 +179,17 @@ def distillation_loss(
     spec: LossSpec,
     vocab_size: int | None = None,
 ) -> LossSums:
-    """``alpha * KD + (1 - alpha) * CE`` as sums over label tokens, chunked over tokens.
+    """``alpha * KD + (1 - alpha) * CE`` as sums over label tokens, chunked over the sequence.
+
+    Chunks are slices ``[row, a:b]`` of the inputs, i.e. views: shifted or
+    padded logits are never copied whole, not even in their own dtype.
 
     Args:
-        student_logits: [..., V_s] logits aligned with `labels` (any float dtype).
-        teacher: [..., V_t] teacher logits, or a `TopK` cache entry with leading dims
-            matching `labels`.
-        labels: [...] target ids, -100 where ignored.
-        spec: divergence, temperature, beta, alpha, chunk size.
+        student_logits: [B, L, V_s] (or [L, V_s]) logits aligned with `labels`, any float dtype.
+        teacher: [B, L, V_t] teacher logits, or a `TopK` whose tensors have
+            leading dims [B, L] (or [L]).
+        labels: [B, L] (or [L]) target ids, -100 where ignored.
+        spec: divergence, temperature, beta, alpha, chunk length.
         vocab_size: the real shared vocabulary; padded head rows beyond it are
             sliced off both sides (default: the student's logit width).
 
@@ -193,28 +197,35 @@ def distillation_loss(
         `LossSums`; `total` is differentiable w.r.t. the student logits.
     """
     vocab = vocab_size or student_logits.shape[-1]
-    flat_s = student_logits[..., :vocab].reshape(-1, vocab)
-    flat_t = _flatten_teacher(teacher, vocab)
-    flat_y = labels.reshape(-1)
-    kd = flat_s.new_zeros((), dtype=torch.float32)
-    ce = flat_s.new_zeros((), dtype=torch.float32)
+    if labels.dim() == 1:
+        student_logits, labels = student_logits[None], labels[None]
+    teacher = _as_3d(teacher)
+    kd = student_logits.new_zeros((), dtype=torch.float32)
+    ce = student_logits.new_zeros((), dtype=torch.float32)
     step = max(1, spec.chunk_tokens)
-    need_grad = flat_s.requires_grad and torch.is_grad_enabled()
-    for a in range(0, flat_y.numel(), step):
-        b = a + step
-        y = flat_y[a:b]
-        if not bool((y != IGNORE_INDEX).any()):
-            continue  # all padding: contributes nothing, skip the softmaxes
-        args = (flat_s[a:b], _slice_teacher(flat_t, a, b), y, spec)
-        if need_grad:
-            # Only the chunk's inputs are saved; its fp32 softmaxes are rebuilt in backward.
-            part_kd, part_ce = checkpoint(_chunk_terms, *args, use_reentrant=False)
-        else:
-            part_kd, part_ce = _chunk_terms(*args)
-        kd = kd + part_kd
-        ce = ce + part_ce
+    need_grad = student_logits.requires_grad and torch.is_grad_enabled()
+    valid = labels != IGNORE_INDEX
+    for row in range(labels.shape[0]):
+        for a in range(0, labels.shape[1], step):
+            b = a + step
+            if not bool(valid[row, a:b].any()):
+                continue  # all padding: contributes nothing, skip the softmaxes
+            args = (
+                student_logits[row, a:b, :vocab],
+                _teacher_piece(teacher, row, a, b, vocab),
+                labels[row, a:b],
+                spec,
+            )
+            if need_grad:
+                # Only the chunk's inputs (views) are saved; its fp32 softmaxes are
+                # rebuilt in backward, one chunk at a time.
+                part_kd, part_ce = checkpoint(_chunk_terms, *args, use_reentrant=False)
+            else:
+                part_kd, part_ce = _chunk_terms(*args)
+            kd = kd + part_kd
+            ce = ce + part_ce
     total = spec.alpha * kd + (1.0 - spec.alpha) * ce
-    return LossSums(total=total, kd=kd, ce=ce, tokens=int((flat_y != IGNORE_INDEX).sum()))
+    return LossSums(total=total, kd=kd, ce=ce, tokens=int(valid.sum()))
 
 
 def topk_from_logits(logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopK:
