@@ -1,0 +1,109 @@
+"""Mixed precision: autocast with fp32 master weights, and the fp16 loss scaler.
+
+Parameters and optimizer state always stay fp32; bf16/fp16 apply only inside
+`autocast()` (the forward). fp16's narrow range needs a dynamic loss scale:
+`torch.amp.GradScaler` multiplies the loss before backward, unscales before
+clipping, skips the optimizer step when a gradient is inf/NaN and lowers the
+scale. The trainer counts those skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from llmopt.errors import BadInput
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """Turn 'auto' into a concrete precision and check the device can run it.
+
+    Raises:
+        BadInput: bf16/fp16 on a device whose autocast cannot run it.
+    """
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "fp32"
+    if name not in DTYPES:
+        raise BadInput(f"--precision {name!r}: choose from {', '.join(DTYPES)}")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BadInput(f"--precision bf16: {torch.cuda.get_device_name(device)} cannot do bf16")
+    dtype = DTYPES[name]
+    if dtype is not None and not _autocast_works(device, dtype):
+        raise BadInput(f"--precision {name}: autocast to {dtype} does not run on {device}")
+    return name
+
+
+def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
+    # Ask the device rather than keep a table: a tiny matmul under autocast.
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            a = torch.ones(4, 4, device=device)
+            out = a @ a
+        return out.dtype == dtype
+    except (RuntimeError, AssertionError):
+        return False
+
+
+class Precision:
+    """The autocast context and (for fp16) the loss scaler of one run."""
+
+    def __init__(self, name: str, device: torch.device, init_scale: float = 2.0**16) -> None:
+        """Takes a resolved precision name (see `resolve_precision`) and the device."""
+        self.name = name
+        self.device = device
+        self.dtype = DTYPES[name]
+        self.scaler = (
+            torch.amp.GradScaler(device.type, init_scale=init_scale) if name == "fp16" else None
+        )
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Forward passes run inside this; a no-op in fp32."""
+        if self.dtype is None:
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            yield
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call backward on (scaled in fp16)."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients back to their true size before clipping or inspecting them."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Apply the optimizer step; returns False when the scaler skipped it (inf/NaN)."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # The scaler lowers its scale exactly when it found inf/NaN and skipped the step.
+        return self.scaler.get_scale() >= before
+
+    @property
+    def loss_scale(self) -> float | None:
+        """The current fp16 loss scale (None without a scaler)."""
+        return self.scaler.get_scale() if self.scaler is not None else None
+
+    def state_dict(self) -> dict:
+        """The scaler's state (empty without one)."""
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the scaler's state."""
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)

@@ -1,0 +1,464 @@
+"""The training loop: one optimizer step = all micro-batches of all processes.
+
+Why the loss is scaled the way it is: an objective returns the SUM of its
+per-token losses. Before the first backward of a step the label tokens of the
+whole step (every micro-batch here, all-reduced over processes) are counted,
+and each micro-batch's sum is multiplied by `world_size / global_tokens`.
+DDP and FSDP average gradients over processes (divide by world_size), so the
+product is exactly d(total loss / global tokens): the gradient of one big
+batch, however it is split into micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmopt.errors import BadInput
+from llmopt.train import checkpoint as ckpt
+from llmopt.train import distributed as dist_util
+from llmopt.train.callbacks import Callback
+from llmopt.train.config import TrainConfig, check_batch
+from llmopt.train.data import Layout, RowSource
+from llmopt.train.flops import flops_per_token, mfu, peak_flops
+from llmopt.train.objective import LMObjective, Objective, count_label_tokens
+from llmopt.train.optim import build_optimizer, build_scheduler
+from llmopt.train.precision import Precision, resolve_precision
+from llmopt.train.tracking import MetricsLog, ProgressBar
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or `request_stop`) ended training; `checkpoint` is where to resume from."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted after step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class TooManySkippedSteps(RuntimeError):
+    """fp16 overflowed on too many consecutive steps: the run is diverging."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands back.
+
+    Attributes:
+        model: the trained model, unwrapped (None on processes other than 0 and
+            under FSDP, where `state_dict` holds the full weights on process 0).
+        history: one row per step: loss, lr, grad_norm, skipped, objective metrics.
+    """
+
+    model: nn.Module | None
+    state_dict: dict[str, torch.Tensor] | None
+    history: list[dict[str, Any]]
+    steps: int
+    tokens: int
+    wall_time_s: float
+    skipped_steps: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+class Trainer:
+    """Trains `model` on `data` with `objective` under `config` (see `fit`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        data: RowSource,
+        objective: Objective | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] = (),
+        run_dir: str | Path | None = None,
+        source: str = "",
+    ) -> None:
+        """Takes the (unwrapped, fp32) model, the config, the data source, the objective
+        (default: next-token cross-entropy), callbacks, the folder for checkpoints and
+        metrics (None: no files) and the model's source spec (checked on resume).
+        """
+        from llmopt.train.masks import KeepMasks
+
+        self.config = config
+        self.data = data
+        self.objective = objective or LMObjective()
+        self.callbacks: list[Callback] = list(callbacks)
+        if config.keep_masks and not any(isinstance(c, KeepMasks) for c in self.callbacks):
+            self.callbacks.insert(0, KeepMasks())
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.source = source
+        self.raw_model = model
+        self.model: nn.Module = model
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.tokens_seen = 0
+        self._stop = False
+        # (step, loss and metric means, grad norm, lr, metric names), not yet read back.
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, list[str]]] = []
+        self._step_times: list[tuple[int, float]] = []  # (tokens, seconds) since the last log
+
+    # ----- setup -------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.world, self.device = dist_util.init_world(cfg.device)
+        self.precision = Precision(
+            resolve_precision(cfg.precision, self.device), self.device, cfg.init_scale
+        )
+        check_batch(cfg, len(self.data), self.world.world_size)
+        self.data.configure(
+            Layout(cfg.micro_batch_size, cfg.grad_accum, self.world.rank, self.world.world_size)
+        )
+        self.fingerprint = ckpt.model_fingerprint(self.raw_model)
+        resume_from = ckpt.find_checkpoint(cfg.resume) if cfg.resume else None
+        if resume_from is not None:
+            self._check_resumable(ckpt.read_meta(resume_from), resume_from)
+        model = self.raw_model.to(self.device)
+        if cfg.grad_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+        model.train()
+        self.objective.setup(model, self.device, self.precision)
+        self.model = self._wrap(model)
+        self.optimizer = build_optimizer(
+            self.raw_model, cfg.lr, cfg.weight_decay, cfg.betas, self.objective.extra_parameters()
+        )
+        self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+        self.flops_per_token = flops_per_token(self.raw_model, cfg.seq_len)
+        self.peak = peak_flops(self.device, self.precision.name)
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.log = MetricsLog(self.run_dir, enabled=self.world.is_main, resumed_step=self.step)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        cfg = self.config
+        if cfg.fsdp:
+            if not self.world.distributed:
+                raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
+            wrapped = dist_util.wrap_fsdp(model, self.device, self.world)
+        elif self.world.distributed:
+            wrapped = dist_util.wrap_ddp(model, self.device)
+        else:
+            wrapped = model
+        return torch.compile(wrapped) if cfg.compile else wrapped
+
+    def _check_resumable(self, meta: dict[str, Any], path: Path) -> None:
+        problems = []
+        if meta["fingerprint"] != self.fingerprint:
+            problems.append(
+                f"model: {meta['fingerprint']['model_type']} "
+                f"({meta['fingerprint']['parameters']}) in the checkpoint, "
+                f"{self.fingerprint['model_type']} ({self.fingerprint['parameters']}) now"
+            )
+        if meta["world_size"] != self.world.world_size:
+            problems.append(
+                f"processes: {meta['world_size']} in the checkpoint, {self.world.world_size} now"
+            )
+        problems += self.config.resume_mismatches(meta["config"])
+        if problems:
+            raise BadInput(f"--resume {path}: incompatible ({'; '.join(problems)})")
+
+    # ----- state -------------------------------------------------------------------------
+
+    def _full_state(self) -> tuple[dict, dict]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.raw_model, self.optimizer, options=options)
+
+    def _restore(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        meta = ckpt.read_meta(path)
+        options = StateDictOptions(full_state_dict=True, strict=True)
+        set_state_dict(
+            self.raw_model,
+            self.optimizer,
+            model_state_dict=ckpt.read_tensors(path, "model"),
+            optim_state_dict=ckpt.read_tensors(path, "optimizer"),
+            options=options,
+        )
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.precision.load_state_dict(ckpt.read_tensors(path, "scaler"))
+        ckpt.set_rng_state(ckpt.read_tensors(path, "rng")[self.world.rank])
+        self.data.load_state_dict(meta["data"])
+        self.step = meta["step"]
+        self.history = meta["history"]
+        self.skipped_steps = meta["skipped_steps"]
+        self.consecutive_skips = meta["consecutive_skips"]
+        self.tokens_seen = meta["tokens_seen"]
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint of the current step (all processes must call)."""
+        if self.run_dir is None:
+            return None
+        self._flush()
+        model_sd, optim_sd = self._full_state()
+        rngs = dist_util.gather_objects(ckpt.rng_state())
+        path = None
+        if self.world.is_main:
+            meta = {
+                "step": self.step,
+                "config": self.config.model_dump(mode="json"),
+                "fingerprint": self.fingerprint,
+                "source": self.source,
+                "world_size": self.world.world_size,
+                "data": self.data.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "history": self.history,
+                "skipped_steps": self.skipped_steps,
+                "consecutive_skips": self.consecutive_skips,
+                "tokens_seen": self.tokens_seen,
+            }
+            tensors = {
+                "model": model_sd,
+                "optimizer": optim_sd,
+                "scaler": self.precision.state_dict(),
+                "rng": rngs,
+            }
+            path = ckpt.write_checkpoint(
+                self.run_dir / "checkpoints", self.step, tensors, meta, self.config.keep_checkpoints
+            )
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, path)
+        dist_util.barrier()
+        return path
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and stop at the next step boundary."""
+        self._stop = True
+
+    # ----- the loop ----------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Run until `config.steps`; returns the trained model and the loss history.
+
+        Raises:
+            BadInput: bad batch sizes for the data, a non-resumable checkpoint, a
+                precision the device cannot run.
+            TrainingInterrupted: Ctrl-C or `request_stop`; a checkpoint was saved
+                (when there is a run folder).
+            TooManySkippedSteps: fp16 overflowed `max_consecutive_skips` times in a row.
+        """
+        self._setup()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        started = time.perf_counter()
+        previous = self._install_sigint()
+        bar = ProgressBar(self.config.steps, self.step, self.world.is_main and self.config.progress)
+        try:
+            while self.step < self.config.steps:
+                self._train_step(bar)
+                if self.config.save_every and self.step % self.config.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            bar.close()
+        self._flush()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        self.log.close()
+        self.raw_model.eval()
+        return self._result(time.perf_counter() - started)
+
+    def _install_sigint(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop:  # a second Ctrl-C: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            self._stop = True
+
+        return signal.signal(signal.SIGINT, handler)
+
+    def _train_step(self, bar: ProgressBar) -> None:
+        cfg = self.config
+        t0 = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_step_start(self)
+        batches = self.data.next_step()
+        # One collective per step: label tokens (the loss divisor), input tokens
+        # (throughput) and the stop flag, so every process agrees on all three.
+        counts = torch.tensor(
+            [
+                sum(int(count_label_tokens(b)) for b in batches),
+                sum(int(b["attention_mask"].sum()) for b in batches),
+                int(self._stop),
+            ],
+            dtype=torch.int64,
+            device=self.device,
+        )
+        dist_util.all_reduce_sum(counts)
+        label_tokens, input_tokens, stop = counts.tolist()
+        if stop:
+            self.data.step = self.step  # the fetched step was not trained
+            raise TrainingInterrupted(self.step, self.save_checkpoint())
+        scale = self.world.world_size / max(label_tokens, 1)
+        loss_sum = torch.zeros((), device=self.device)
+        extra: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(batches):
+            batch = _to_device(batch, self.device)
+            with dist_util.gradient_sync(self.model, i == len(batches) - 1):
+                with self.precision.autocast():
+                    out = self.objective(self.model, batch)
+                self.precision.scale(out.loss_sum * scale).backward()
+            loss_sum += out.loss_sum.detach().float()
+            for key, value in out.metrics.items():
+                extra[key] = (
+                    extra.get(key, 0.0) + torch.as_tensor(value, device=self.device).float()
+                )
+        for cb in self.callbacks:
+            cb.after_backward(self)
+        grad_norm = self._optimizer_step()
+        for cb in self.callbacks:
+            cb.after_optimizer_step(self)
+        self.step += 1
+        self.tokens_seen += input_tokens
+        sums = torch.stack([loss_sum, *extra.values()])
+        dist_util.all_reduce_sum(sums)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self._pending.append((self.step, sums / max(label_tokens, 1), grad_norm, lr, list(extra)))
+        elapsed = time.perf_counter() - t0
+        bar.update(input_tokens, elapsed)
+        self._step_times.append((input_tokens, elapsed))
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            self._log(bar)
+
+    def _optimizer_step(self) -> torch.Tensor:
+        cfg = self.config
+        self.precision.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # Without clipping the norm is still computed (max_norm=inf) for the logs.
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        stepped = self.precision.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        if stepped:
+            self.consecutive_skips = 0
+        else:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= cfg.max_consecutive_skips:
+                raise TooManySkippedSteps(
+                    f"fp16 gradients overflowed on {self.consecutive_skips} steps in a row "
+                    f"(up to step {self.step + 1}); try --precision bf16 or a lower --lr"
+                )
+        return grad_norm.detach()
+
+    def _flush(self) -> None:
+        # Per-step values stay on the device until here, so the loop does not
+        # wait for the device every step just to log.
+        for step, sums, grad_norm, lr, keys in self._pending:
+            values = sums.tolist()
+            row = {
+                "step": step,
+                "loss": values[0],
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "skipped_steps": self.skipped_steps,
+            }
+            row.update(dict(zip(keys, values[1:], strict=True)))
+            self.history.append(row)
+        self._pending.clear()
+
+    def _log(self, bar: ProgressBar) -> None:
+        start = len(self.history)
+        self._flush()
+        window = self.history[start:] or self.history[-1:]
+        tokens = sum(t for t, _ in self._step_times)
+        seconds = sum(s for _, s in self._step_times) or 1e-9
+        self._step_times.clear()
+        row: dict[str, Any] = {
+            "step": self.step,
+            "loss": sum(r["loss"] for r in window) / len(window),
+            "lr": window[-1]["lr"],
+            "grad_norm": window[-1]["grad_norm"],
+            "tokens": self.tokens_seen,
+            "tokens_per_s": tokens / seconds,
+            "skipped_steps": self.skipped_steps,
+        }
+        for key in window[-1]:
+            if key not in row:
+                row[key] = sum(r[key] for r in window) / len(window)
+        if self.precision.loss_scale is not None:
+            row["loss_scale"] = self.precision.loss_scale
+        util = mfu(row["tokens_per_s"], self.flops_per_token, self.peak, self.world.world_size)
+        if util is not None:
+            row["mfu"] = util
+        bar.show(row)
+        if self.world.is_main:
+            self.log.write(row)
+            for cb in self.callbacks:
+                cb.on_log(self, row)
+
+    def _result(self, wall: float) -> TrainResult:
+        model: nn.Module | None = self.raw_model
+        state = None
+        if self.config.fsdp:
+            model_sd, _ = self._full_state()
+            state = model_sd if self.world.is_main else None
+            model = None
+        elif not self.world.is_main:
+            model = None
+        last = self.history[-1]["loss"] if self.history else None
+        summary = {
+            "steps": self.step,
+            "final_loss": last,
+            "tokens": self.tokens_seen,
+            "train_wall_time_s": round(wall, 3),
+            "skipped_steps": self.skipped_steps,
+            "processes": self.world.world_size,
+            "precision": self.precision.name,
+        }
+        return TrainResult(
+            model=model,
+            state_dict=state,
+            history=self.history,
+            steps=self.step,
+            tokens=self.tokens_seen,
+            wall_time_s=wall,
+            skipped_steps=self.skipped_steps,
+            summary=summary,
+        )
+
+
+def run_training(
+    model: nn.Module,
+    config: TrainConfig,
+    data: RowSource,
+    objective: Objective | None = None,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+    run_dir: str | Path | None = None,
+    source: str = "",
+) -> TrainResult:
+    """Train `model` in place and return it with its loss history (see `Trainer`).
+
+    Raises:
+        BadInput, TrainingInterrupted, TooManySkippedSteps: see `Trainer.fit`.
+    """
+    trainer = Trainer(model, config, data, objective, callbacks, run_dir, source)
+    return trainer.fit()
