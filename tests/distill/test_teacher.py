@@ -140,7 +140,7 @@ def test_cache_refuses_other_rows_and_temperature(tmp_path, pair, tiny_tokenizer
     assert len(meta.shards) == 2
     with pytest.raises(BadInput, match="other training rows"):
         open_cache_for(cache.folder, _rows(seed=1), 1.0, fp)
-    with pytest.raises(BadInput, match="temperature 1.0, not 2.0"):
+    with pytest.raises(BadInput, match=r"temperature 1\.0, not 2\.0"):
         open_cache_for(cache.folder, rows, 2.0, fp)
     with pytest.raises(BadInput, match="another vocabulary"):
         open_cache_for(cache.folder, rows, 1.0, "0123")
