@@ -1,0 +1,118 @@
+"""What every pruning method receives: the plan (which layers, how sparse) and calibration.
+
+A method is an object with `needs_calibration`, the `scopes` it supports
+(the first is its default) and `prune(model, plan, calibration)`; methods are
+listed in `llmopt.prune.PRUNERS`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from llmopt.errors import BadInput
+from llmopt.models.arch import ArchAdapter, weight_out_in
+from llmopt.prune.masks import Pattern, check_divisible
+
+
+@dataclass
+class PrunePlan:
+    """Which linears to prune and how.
+
+    Attributes:
+        targets: block index -> {name relative to the block: linear module}.
+        block_sparsity: the target sparsity of each block (uniform, or from OWL).
+        pattern: unstructured or N:M.
+        scope: 'row', 'layer' or 'global' (how scores are compared).
+        threshold: magnitude only: prune |w| < threshold instead of a sparsity.
+    """
+
+    targets: dict[int, dict[str, nn.Module]]
+    block_sparsity: list[float]
+    pattern: Pattern
+    scope: str
+    threshold: float | None = None
+
+    def named_targets(self) -> dict[tuple[int, str], nn.Module]:
+        return {(i, name): m for i, group in self.targets.items() for name, m in group.items()}
+
+
+@dataclass
+class Calibration:
+    """Calibration token blocks and how to run them through the engine."""
+
+    ids: torch.Tensor
+    """(samples, seq_len) token ids."""
+    batch_size: int = 8
+    device: torch.device | None = None
+    compute_dtype: torch.dtype | None = None
+    progress: bool = True
+
+
+class Pruner(Protocol):
+    """One pruning method."""
+
+    needs_calibration: bool
+    scopes: tuple[str, ...]
+
+    def prune(self, model: nn.Module, plan: PrunePlan, calib: Calibration | None) -> None:
+        """Zero (and, for some methods, update) the planned weights in place."""
+        ...
+
+
+def _compile(flag: str, pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise BadInput(f"{flag} {pattern!r}: not a regular expression ({err})") from None
+
+
+def select_targets(
+    adapter: ArchAdapter, targets: str | None, skip: str | None, pattern: Pattern
+) -> dict[int, dict[str, nn.Module]]:
+    """The decoder-block linears to prune, filtered by regexes on their full names.
+
+    Embeddings and the head are never candidates: only block linears are.
+
+    Raises:
+        BadInput: a bad regex, nothing selected, or an N:M pattern whose M does not
+            divide a selected layer's input width.
+    """
+    keep, drop = _compile("--targets", targets), _compile("--skip", skip)
+    chosen: dict[int, dict[str, nn.Module]] = {}
+    prefix = adapter.blocks_path
+    for index, block in enumerate(adapter.blocks()):
+        for name, module in adapter.block_linears(block).items():
+            full = f"{prefix}.{index}.{name}"
+            if keep is not None and not keep.search(full):
+                continue
+            if drop is not None and drop.search(full):
+                continue
+            check_divisible(pattern, full, weight_out_in(module).shape[1])
+            chosen.setdefault(index, {})[name] = module
+    if not chosen:
+        raise BadInput(
+            f"--targets {targets!r} / --skip {skip!r}: no linear layer selected "
+            f"(names look like {prefix}.0.{adapter.linear_names()[0]})"
+        )
+    return chosen
+
+
+def progress_printer(label: str, enabled: bool):
+    """A progress(done, total) callback that rewrites one stderr line, or None."""
+    if not enabled:
+        return None
+    import sys
+
+    def report(done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r{label}: block {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return report
