@@ -1,0 +1,198 @@
+"""Save and load shared models in the two storage layouts.
+
+- `dense`: an ordinary Hugging Face folder with every layer written out (equal
+  copies; with relaxation, each layer's merged weight `shared + B A`), so
+  plain transformers loads it and computes the same logits. `save_pretrained`
+  refuses tensors that share memory unless transformers itself declared the
+  tie, so the copies are cloned into the state dict we hand it.
+- `shared`: each piece of storage written once (`SHARED_WEIGHTS`), so the
+  folder really is smaller; config.json carries the layout. The weights use
+  their own file name on purpose: plain transformers then stops with "no
+  weights file" instead of silently filling the missing layers at random.
+
+Both write `"format": "shared"` into llmopt.json when llmopt can restore the
+sharing on load (the shared layout, or dense copies of an unrelaxed model);
+a dense relaxed checkpoint has merged the deltas and is an ordinary dense
+model. The layout lives in config.json (`CONFIG_KEY`), so it survives any
+later stage that saves the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmopt.errors import BadInput
+from llmopt.models.arch import ArchAdapter
+from llmopt.provenance import StageRecord, write_record
+from llmopt.share.apply import CONFIG_KEY, ShareLayout, apply_layout, layout_of
+from llmopt.share.relax import LowRankDelta
+
+SHARED_WEIGHTS = "llmopt-shared.safetensors"
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each piece of storage once, under its first name."""
+    seen: set[tuple] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = _storage_key(tensor)
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor
+    return out
+
+
+def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the equivalent unshared model, under the original names.
+
+    Relaxed linears are merged (`path.base.weight` + delta -> `path.weight`);
+    decoder-block tensors that share storage with an earlier one are cloned.
+    """
+    state = model.state_dict()
+    for path, module in model.named_modules():
+        if isinstance(module, LowRankDelta):
+            for key in [k for k in state if k.startswith(f"{path}.")]:
+                del state[key]
+            state[f"{path}.weight"] = module.merged_weight()
+            if getattr(module.base, "bias", None) is not None:
+                state[f"{path}.bias"] = module.base.bias.detach()
+    blocks = ArchAdapter(model).blocks_path + "."
+    seen: set[tuple] = set()
+    for name, tensor in state.items():
+        key = _storage_key(tensor)
+        if key in seen and name.startswith(blocks):
+            state[name] = tensor.clone()
+        seen.add(key)
+    return state
+
+
+@contextlib.contextmanager
+def _layout_in_config(model: nn.Module, keep: bool) -> Iterator[None]:
+    """Write the layout into the saved config.json only when llmopt can restore it."""
+    saved = getattr(model.config, CONFIG_KEY, None)
+    if not keep and saved is not None:
+        delattr(model.config, CONFIG_KEY)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            setattr(model.config, CONFIG_KEY, saved)
+
+
+def _save_dense(model: nn.Module, folder: Path) -> None:
+    model.save_pretrained(folder, state_dict=dense_state_dict(model), safe_serialization=True)
+
+
+def _save_shared(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    state = {
+        name: t.detach().clone(memory_format=torch.contiguous_format)
+        for name, t in unique_state_dict(model).items()
+    }
+    save_file(state, str(folder / SHARED_WEIGHTS), metadata={"format": "pt"})
+
+
+SAVE_FORMATS: dict[str, Callable[[nn.Module, Path], None]] = {
+    "dense": _save_dense,
+    "shared": _save_shared,
+}
+
+
+def save_shared_checkpoint(
+    model: nn.Module,
+    tokenizer,
+    folder: str | Path,
+    record: StageRecord,
+    save_format: str = "dense",
+) -> str:
+    """Write a shared model, its tokenizer and `record` into `folder`.
+
+    Returns:
+        The format written into llmopt.json: 'shared' when llmopt restores the
+        sharing on load, 'dense' for a relaxed model saved with merged deltas.
+
+    Raises:
+        BadInput: unknown save format, or the model carries no sharing layout.
+    """
+    if save_format not in SAVE_FORMATS:
+        raise BadInput(f"--save-format {save_format!r}: unknown; known: {', '.join(SAVE_FORMATS)}")
+    layout = layout_of(model)
+    if layout is None:
+        raise BadInput("this model is not shared; save it as an ordinary checkpoint")
+    folder = Path(folder)
+    restorable = save_format == "shared" or layout.lora_rank == 0
+    with _layout_in_config(model, keep=restorable):
+        SAVE_FORMATS[save_format](model, folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    record.format = "shared" if restorable else "dense"
+    record.args["block_map"] = list(layout.plan.block_of)
+    record.args["save_format"] = save_format
+    write_record(folder, record)
+    return record.format
+
+
+def _no_init() -> contextlib.AbstractContextManager:
+    # Building a model whose every weight is about to be loaded need not
+    # initialise it randomly (seconds for a 100M model on a CPU).
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def _load_unique(model: nn.Module, weights: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    expected = set(unique_state_dict(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise BadInput(f"{weights}: does not match its sharing layout ({what})")
+    model.load_state_dict(state, strict=False)
+
+
+def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load a folder written by `save_shared_checkpoint` with the sharing restored.
+
+    Raises:
+        BadInput: config.json has no sharing layout, the layout does not fit
+            the model, or the weights do not match it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    data = getattr(config, CONFIG_KEY, None)
+    if not isinstance(data, dict):
+        raise BadInput(f"{folder}: config.json has no {CONFIG_KEY!r} layout")
+    weights = folder / SHARED_WEIGHTS
+    if weights.is_file():
+        with _no_init():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.tie_weights()  # skipping the initialisation also skips the embedding tie
+        layout = ShareLayout.from_dict(data, ArchAdapter(model).num_layers)
+        apply_layout(model, layout)
+        _load_unique(model, weights)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        layout = ShareLayout.from_dict(data, ArchAdapter(model).num_layers)
+        if layout.lora_rank:
+            raise BadInput(f"{folder}: dense copies cannot hold per-layer deltas; corrupt layout")
+        apply_layout(model, layout, check_equal=True)
+    model.eval()
+    return model
