@@ -113,3 +113,18 @@ def test_corpus_cache_is_keyed_by_content(tmp_path, monkeypatch, tiny_tokenizer)
     changed = load_corpus(str(src), tiny_tokenizer, split="all")
     assert len(list((tmp_path / "cache" / "data").glob("*.safetensors"))) == 2
     assert not torch.equal(first.ids, changed.ids)
+
+
+def test_hf_source_reads_through_datasets(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["a b", "c d"], "body": ["x", "y"]}), folder / "train.parquet")
+    assert load_documents(f"hf:{folder}") == ["a b", "c d"]
+    assert load_documents(f"hf:{folder}::train", text_field="body") == ["x", "y"]
+    with pytest.raises(BadInput, match="no column 'nope'"):
+        load_documents(f"hf:{folder}", text_field="nope")
