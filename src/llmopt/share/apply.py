@@ -78,9 +78,7 @@ def _assign(block: nn.Module, name: str, param: nn.Parameter) -> None:
     setattr(get_path(block, module_path), attr, param)
 
 
-def _tie_group(
-    blocks: nn.ModuleList, group: list[int], values: dict[str, torch.Tensor]
-) -> None:
+def _tie_group(blocks: nn.ModuleList, group: list[int], values: dict[str, torch.Tensor]) -> None:
     """Make every layer of `group` use one new Parameter per name, holding `values`."""
     for name, value in values.items():
         requires_grad = blocks[group[0]].get_parameter(name).requires_grad
@@ -167,7 +165,9 @@ def share_layers(
         if relaxed:
             # Views of the original weights, alive until the deltas are set.
             originals = {
-                layer: {n: weight_out_in(m) for n, m in adapter.block_linears(blocks[layer]).items()}
+                layer: {
+                    n: weight_out_in(m) for n, m in adapter.block_linears(blocks[layer]).items()
+                }
                 for layer in group
             }
         _tie_group(blocks, group, _group_values(blocks, weighting, names))
@@ -192,7 +192,9 @@ def apply_layout(model: nn.Module, layout: ShareLayout, check_equal: bool = Fals
     """
     adapter = ArchAdapter(model)
     if layout.plan.num_layers != adapter.num_layers:
-        raise BadInput(f"sharing map has {layout.plan.num_layers} layers, the model {adapter.num_layers}")
+        raise BadInput(
+            f"sharing map has {layout.plan.num_layers} layers, the model {adapter.num_layers}"
+        )
     blocks = adapter.blocks()
     names = _shared_names(blocks[0], layout.lora_rank > 0)
     generator = torch.Generator().manual_seed(0)

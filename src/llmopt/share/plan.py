@@ -135,7 +135,9 @@ def parse_map(text: str, num_layers: int, unique_layers: int | None = None) -> S
     try:
         ids = [int(part) for part in text.replace(" ", "").split(",")]
     except ValueError:
-        raise BadInput(f"--map {text!r}: expected comma-separated block ids, e.g. 0,0,1,1") from None
+        raise BadInput(
+            f"--map {text!r}: expected comma-separated block ids, e.g. 0,0,1,1"
+        ) from None
     if len(ids) != num_layers:
         raise BadInput(f"--map {text!r}: has {len(ids)} entries, the model has {num_layers} layers")
     if min(ids) < 0:
