@@ -19,6 +19,7 @@ temperature differ is refused rather than silently mis-aligned.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -70,6 +71,8 @@ class CacheMeta:
     shards: list[dict[str, int]]
     """Per shard: first row, number of rows, number of stored positions."""
     logprob_dtype: str = "float16"
+    teacher_metrics: dict | None = None
+    """The teacher's measurement when the cache was made (a cached run never loads it)."""
 
     @property
     def bytes_per_token(self) -> float:
@@ -104,6 +107,8 @@ def build_teacher_cache(
     batch_size: int = 4,
     rows_per_shard: int = 256,
     progress: bool = True,
+    autocast=None,
+    teacher_metrics: dict | None = None,
 ) -> CacheMeta:
     """Run the (frozen, placed) teacher over `rows` and write the top-k cache into `dest`.
 
@@ -115,6 +120,8 @@ def build_teacher_cache(
         rows: the training rows, in the order the trainer's source numbers them.
         dest: an empty folder (the caller stages it so a failure leaves nothing).
         k: top entries per position, 1 <= k < vocab_size.
+        autocast: a context-manager factory for the training precision (None: fp32).
+        teacher_metrics: the teacher's measurement, kept in `meta.json`.
 
     Raises:
         BadInput: k is out of range.
@@ -127,8 +134,9 @@ def build_teacher_cache(
     first_row = 0
     done = 0
     for chunk, ids, mask in _rows_batches(rows, batch_size, pad_id):
-        logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        logits = logits.logits[..., :vocab_size]
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out = teacher(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        logits = out.logits[..., :vocab_size]
         for i, row in enumerate(chunk):
             top = topk_from_logits(logits[i, : row.numel() - 1], k, temperature)
             buffer.append(TopK(top.ids.cpu(), top.logprobs.cpu(), top.rest.cpu()))
@@ -152,6 +160,7 @@ def build_teacher_cache(
         tokens=sum(s["positions"] for s in shards),
         rows_fingerprint=rows_fingerprint(rows),
         shards=shards,
+        teacher_metrics=teacher_metrics,
     )
     (dest / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return meta
