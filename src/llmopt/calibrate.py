@@ -116,6 +116,40 @@ def capture_block_inputs(
     return record
 
 
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors inside tuples, lists and dicts cast to `dtype`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple | list):
+        return type(obj)(_cast(x, dtype) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+@contextmanager
+def _cast_block(block: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Run a block at `dtype` without losing its full-precision weights.
+
+    The parameters' data is swapped for low-precision copies and swapped back
+    afterwards, so hooks on the block's modules still fire and updates made by
+    the handler (between feeds) go to the full-precision weights.
+    """
+    if dtype is None:
+        yield
+        return
+    saved = {}
+    for tensor in [*block.parameters(), *block.buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            saved[tensor] = tensor.data
+            tensor.data = tensor.data.to(dtype)
+    try:
+        yield
+    finally:
+        for tensor, data in saved.items():
+            tensor.data = data
+
+
 @dataclass
 class BlockStep:
     """The block being calibrated, handed to the caller's handler.
@@ -129,7 +163,7 @@ class BlockStep:
     inputs: BlockInputs
     weights_changed: bool = True
     compute_dtype: torch.dtype | None = None
-    """Run the block's forward under autocast to this dtype (statistics stay fp32)."""
+    """Run the block's forwards at this dtype (e.g. bfloat16); weights keep their own."""
     _outputs: list[torch.Tensor] | None = field(default=None, repr=False)
 
     def feed(self, until: nn.Module | None = None) -> None:
@@ -141,21 +175,22 @@ class BlockStep:
         """
         handle = until.register_forward_pre_hook(_stop) if until is not None else None
         outputs: list[torch.Tensor] = []
+        dtype = self.compute_dtype
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), _cast_block(self.block, dtype):
                 for hidden, args, kwargs in self.inputs.batches():
+                    if dtype is not None:
+                        hidden, args, kwargs = (
+                            _cast(hidden, dtype),
+                            _cast(args, dtype),
+                            _cast(kwargs, dtype),
+                        )
                     with contextlib.suppress(_StopForward):
                         outputs.append(_first_output(self.block(hidden, *args, **kwargs)))
         finally:
             if handle is not None:
                 handle.remove()
         self._outputs = outputs if until is None else None
-
-    def _autocast(self):
-        if self.compute_dtype is None:
-            return contextlib.nullcontext()
-        device_type = next(self.block.parameters()).device.type
-        return torch.autocast(device_type, dtype=self.compute_dtype)
 
     def outputs(self) -> list[torch.Tensor]:
         """The block's outputs on every batch, with its current weights."""
@@ -187,8 +222,10 @@ def run_sequential(
         batch_size: calibration samples per forward pass.
         device: compute device (default: where the model is).
         progress: called as progress(done, total) after each block.
-        compute_dtype: autocast the block forwards to this dtype (e.g. bfloat16 on a
-            CPU with bf16 matrix units); weights and statistics stay in their own dtype.
+        compute_dtype: run the block forwards at this dtype (e.g. bfloat16 on a CPU
+            with bf16 matrix units, as fp16 is used on GPUs); the weights the handler
+            changes and the statistics stay in full precision, the hidden states
+            passed between blocks are kept at this dtype.
     """
     adapter = ArchAdapter(model)
     home = next(model.parameters()).device
