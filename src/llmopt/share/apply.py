@@ -158,20 +158,28 @@ def share_layers(
     relaxed = lora_rank > 0
     names = _shared_names(blocks[0], relaxed)
     generator = torch.Generator().manual_seed(seed)
-    for group, weighting in zip(plan.groups(), INITS[init](plan), strict=True):
-        if len(group) == 1:
-            continue  # a block of its own keeps its layer unchanged
-        originals = None
-        if relaxed:
-            # Views of the original weights, alive until the deltas are set.
-            originals = {
-                layer: {
-                    n: weight_out_in(m) for n, m in adapter.block_linears(blocks[layer]).items()
-                }
-                for layer in group
-            }
-        _tie_group(blocks, group, _group_values(blocks, weighting, names))
-        if relaxed:
+    shared = [g for g in plan.groups() if len(g) > 1]  # a block of its own stays as it is
+    # Every value is computed before anything is tied: stepwise may initialise
+    # a block from a layer of another group, which must still hold its own weights.
+    values = [
+        _group_values(blocks, weighting, names)
+        for group, weighting in zip(plan.groups(), INITS[init](plan), strict=True)
+        if len(group) > 1
+    ]
+    # Views of the original weights, alive until the deltas are set.
+    originals = (
+        {
+            layer: {n: weight_out_in(m) for n, m in adapter.block_linears(blocks[layer]).items()}
+            for group in shared
+            for layer in group
+        }
+        if relaxed
+        else None
+    )
+    for group, value in zip(shared, values, strict=True):
+        _tie_group(blocks, group, value)
+    if relaxed:
+        for group in shared:
             _relax_group(adapter, group, originals, lora_rank, generator)
     layout = ShareLayout(plan, lora_rank)
     _mark(model, layout)
