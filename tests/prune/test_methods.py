@@ -1,0 +1,87 @@
+"""Wanda's scores, SparseGPT's reconstruction, OWL's sparsities, on small direct cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmopt.errors import BadInput
+from llmopt.prune.masks import Pattern, choose_mask
+from llmopt.prune.owl import owl_sparsities
+from llmopt.prune.sparsegpt import inverse_cholesky, sparsegpt_prune
+from llmopt.prune.wanda import wanda_scores
+
+
+def correlated_inputs(tokens: int, features: int, seed: int = 0) -> torch.Tensor:
+    """Inputs with strongly correlated features and a few large-norm channels."""
+    gen = torch.Generator().manual_seed(seed)
+    latent = torch.randn(tokens, features // 4, generator=gen)
+    mix = torch.randn(features // 4, features, generator=gen)
+    x = latent @ mix + 0.1 * torch.randn(tokens, features, generator=gen)
+    x[:, :4] *= 8.0  # outlier channels, as LLM activations have
+    return x
+
+
+def test_wanda_scores_match_direct_computation():
+    gen = torch.Generator().manual_seed(1)
+    w, x = torch.randn(6, 10, generator=gen), torch.randn(100, 10, generator=gen)
+    direct = torch.empty(6, 10)
+    for i in range(6):
+        for j in range(10):
+            direct[i, j] = w[i, j].abs() * x[:, j].pow(2).sum().sqrt()
+    assert torch.allclose(wanda_scores(w, x.norm(dim=0)), direct, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4)])
+def test_reconstruction_error_ordering(pattern):
+    """On correlated inputs: SparseGPT < Wanda < magnitude in ||WX - W'X||."""
+    x = correlated_inputs(2048, 64)
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
+    hessian = 2 * x.T @ x / x.shape[0]
+
+    def error(pruned: torch.Tensor) -> float:
+        return float((x @ (w - pruned).T).norm())
+
+    magnitude = w.masked_fill(choose_mask(w.abs(), 0.5, pattern, "row"), 0)
+    wanda = w.masked_fill(choose_mask(wanda_scores(w, x.norm(dim=0)), 0.5, pattern, "row"), 0)
+    sparse = sparsegpt_prune(w, hessian, 0.5, pattern, blocksize=16)
+    assert (sparse == 0).float().mean() == pytest.approx(0.5, abs=0.02)
+    assert error(sparse) < error(wanda) < error(magnitude)
+
+
+def test_sparsegpt_nm_groups_and_dead_inputs():
+    x = correlated_inputs(512, 32)
+    x[:, 5] = 0.0  # a dead input: zero Hessian diagonal
+    w = torch.randn(8, 32)
+    out = sparsegpt_prune(w, 2 * x.T @ x / 512, 0.5, Pattern(2, 4), blocksize=8)
+    assert bool(((out.view(8, 8, 4) == 0).sum(-1) >= 2).all())
+    assert bool((out[:, 5] == 0).all())
+    assert torch.isfinite(out).all()
+
+
+def test_sparsegpt_keeps_segment_budgets():
+    """Stacked q/k/v rows: each layer keeps its own count per column block."""
+    x = correlated_inputs(512, 32)
+    w = torch.cat([torch.randn(8, 32) * 10, torch.randn(4, 32) * 0.01])
+    out = sparsegpt_prune(w, 2 * x.T @ x / 512, 0.5, Pattern(), segments=[8, 4], blocksize=32)
+    assert int((out[:8] == 0).sum()) == 128
+    assert int((out[8:] == 0).sum()) == 64
+
+
+def test_inverse_cholesky_raises_damp_then_fails():
+    h = torch.eye(4)
+    h[0, 1] = h[1, 0] = 1.5  # indefinite, but fixed by enough dampening
+    upper = inverse_cholesky(h, damp=0.01)
+    assert torch.isfinite(upper).all()
+    with pytest.raises(BadInput, match="--damp"):
+        inverse_cholesky(-torch.eye(4), damp=0.01, where="block 0 q_proj")
+
+
+def test_owl_sparsities_keep_the_average():
+    ratios = [0.01, 0.05, None, 0.02, 0.03]
+    out = owl_sparsities(ratios, 0.5, lam=0.08)
+    measured = [s for s, r in zip(out, ratios, strict=True) if r is not None]
+    assert sum(measured) / 4 == pytest.approx(0.5)
+    assert out[2] == 0.5
+    assert out[1] == min(out) and out[0] == max(out)  # most outliers -> least pruned
+    assert max(measured) - min(measured) == pytest.approx(0.16)
