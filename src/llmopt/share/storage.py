@@ -33,6 +33,8 @@ from llmopt.share.apply import CONFIG_KEY, ShareLayout, apply_layout, layout_of
 from llmopt.share.relax import LowRankDelta
 
 SHARED_WEIGHTS = "llmopt-shared.safetensors"
+STORAGE_ATTR = "llmopt_share_storage"
+"""Attribute of a loaded shared model: the layout it was stored in, kept by later saves."""
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
@@ -116,9 +118,13 @@ def save_shared_checkpoint(
     tokenizer,
     folder: str | Path,
     record: StageRecord,
-    save_format: str = "dense",
+    save_format: str | None = None,
 ) -> str:
     """Write a shared model, its tokenizer and `record` into `folder`.
+
+    `save_format` None keeps the layout the model was loaded from (dense for a
+    model shared in this process), so a later stage (training, distillation)
+    that saves through this function writes what it read.
 
     Returns:
         The format written into llmopt.json: 'shared' when llmopt restores the
@@ -127,6 +133,7 @@ def save_shared_checkpoint(
     Raises:
         BadInput: unknown save format, or the model carries no sharing layout.
     """
+    save_format = save_format or getattr(model, STORAGE_ATTR, "dense")
     if save_format not in SAVE_FORMATS:
         raise BadInput(f"--save-format {save_format!r}: unknown; known: {', '.join(SAVE_FORMATS)}")
     layout = layout_of(model)
@@ -194,5 +201,19 @@ def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
         if layout.lora_rank:
             raise BadInput(f"{folder}: dense copies cannot hold per-layer deltas; corrupt layout")
         apply_layout(model, layout, check_equal=True)
+    setattr(model, STORAGE_ATTR, "shared" if weights.is_file() else "dense")
     model.eval()
     return model
+
+
+def save_if_shared(model: nn.Module, tokenizer, folder: str | Path, record: StageRecord) -> bool:
+    """Save `model` with its sharing kept if it has any; False (nothing written) if not.
+
+    The hook for `llmopt.outputs.save_checkpoint`: a later stage (training,
+    distillation) that loaded a shared model writes it back in the layout it
+    read, instead of `save_pretrained` refusing tensors that share memory.
+    """
+    if layout_of(model) is None:
+        return False
+    save_shared_checkpoint(model, tokenizer, folder, record)
+    return True
