@@ -1,5 +1,14 @@
-"""The one training loop of llmopt: objectives, callbacks, precision, distribution."""
+"""The one training loop of llmopt: objectives, callbacks, precision, distribution.
 
+Entry points: `run_training(model, config, data, objective, callbacks, run_dir)`
+trains a model in memory; `run_train_stage(StageSpec, objective, callbacks)`
+is the whole stage (load, measure, train, write a checkpoint folder).
+"""
+
+from llmopt.train.callbacks import Callback
+from llmopt.train.config import TrainConfig
+from llmopt.train.data import RowSource, build_source
+from llmopt.train.masks import KeepMasks
 from llmopt.train.objective import (
     IGNORE_INDEX,
     LMObjective,
@@ -7,11 +16,33 @@ from llmopt.train.objective import (
     ObjectiveOutput,
     count_label_tokens,
 )
+from llmopt.train.precision import Precision
+from llmopt.train.stage import StageSpec, run_train_stage
+from llmopt.train.trainer import (
+    TooManySkippedSteps,
+    Trainer,
+    TrainingInterrupted,
+    TrainResult,
+    run_training,
+)
 
 __all__ = [
     "IGNORE_INDEX",
+    "Callback",
+    "KeepMasks",
     "LMObjective",
     "Objective",
     "ObjectiveOutput",
+    "Precision",
+    "RowSource",
+    "StageSpec",
+    "TooManySkippedSteps",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "build_source",
     "count_label_tokens",
+    "run_train_stage",
+    "run_training",
 ]

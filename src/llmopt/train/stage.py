@@ -75,7 +75,7 @@ def run_train_stage(
     from llmopt.provenance import start_record, write_record
     from llmopt.train.data import build_source
     from llmopt.train.precision import resolve_precision
-    from llmopt.train.trainer import run_training
+    from llmopt.train.trainer import Trainer
 
     cfg = spec.config
     world, device = dist_util.init_world(cfg.device)
@@ -92,9 +92,11 @@ def run_train_stage(
         dist_util.barrier()
     torch.manual_seed(cfg.seed)
     model = load_model(spec.model, dtype=torch.float32)
+    trainer = Trainer(model, cfg, data, objective, callbacks, run_dir, spec.model)
+    trainer.validate()  # resume and batch checks before the (slow) first measurement
     before = _measure(model, tokenizer, spec.evaluation) if world.is_main else None
     dist_util.barrier()
-    result = run_training(model, cfg, data, objective, callbacks, run_dir, spec.model)
+    result = trainer.fit()
     if not world.is_main:
         dist_util.close_world()
         return None

@@ -107,15 +107,26 @@ class Trainer:
         self.consecutive_skips = 0
         self.tokens_seen = 0
         self._stop = False
+        self._validated = False
         # (step, loss and metric means, grad norm, lr, metric names), not yet read back.
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, list[str]]] = []
         self._step_times: list[tuple[int, float]] = []  # (tokens, seconds) since the last log
 
     # ----- setup -------------------------------------------------------------------------
 
-    def _setup(self) -> None:
+    def validate(self) -> None:
+        """Check everything the user can get wrong, before any expensive work.
+
+        Raises:
+            BadInput: a precision the device cannot run, more rows per step than
+                the data has, a checkpoint that cannot be resumed here.
+        """
+        if self._validated:
+            return
         cfg = self.config
         self.world, self.device = dist_util.init_world(cfg.device)
+        if cfg.fsdp and not self.world.distributed:
+            raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
         self.precision = Precision(
             resolve_precision(cfg.precision, self.device), self.device, cfg.init_scale
         )
@@ -124,9 +135,15 @@ class Trainer:
             Layout(cfg.micro_batch_size, cfg.grad_accum, self.world.rank, self.world.world_size)
         )
         self.fingerprint = ckpt.model_fingerprint(self.raw_model)
-        resume_from = ckpt.find_checkpoint(cfg.resume) if cfg.resume else None
-        if resume_from is not None:
-            self._check_resumable(ckpt.read_meta(resume_from), resume_from)
+        self.resume_from = ckpt.find_checkpoint(cfg.resume) if cfg.resume else None
+        if self.resume_from is not None:
+            self._check_resumable(ckpt.read_meta(self.resume_from), self.resume_from)
+        self._validated = True
+
+    def _setup(self) -> None:
+        self.validate()
+        cfg = self.config
+        resume_from = self.resume_from
         model = self.raw_model.to(self.device)
         if cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(
@@ -150,8 +167,6 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         cfg = self.config
         if cfg.fsdp:
-            if not self.world.distributed:
-                raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
             wrapped = dist_util.wrap_fsdp(model, self.device, self.world)
         elif self.world.distributed:
             wrapped = dist_util.wrap_ddp(model, self.device)
