@@ -9,38 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-WORDS = [
-    *[
-        "the",
-        "model",
-        "reads",
-        "tokens",
-        "and",
-        "predicts",
-        "the",
-        "next",
-        "one",
-        "while",
-        "gradients",
-        "flow",
-        "back",
-    ],
-    *[
-        "through",
-        "every",
-        "layer",
-        "of",
-        "the",
-        "network",
-        "so",
-        "that",
-        "loss",
-        "falls",
-        "step",
-        "by",
-        "step",
-    ],
-]
+# The documents are random sequences of these words.
+WORDS = "the model reads tokens and predicts the next one while gradients flow back".split(" ")
 
 
 @pytest.fixture(autouse=True)
