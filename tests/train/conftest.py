@@ -10,7 +10,8 @@ import pytest
 import torch
 
 # The documents are random sequences of these words.
-WORDS = "the model reads tokens and predicts the next one while gradients flow back".split(" ")
+TEXT = "the model reads tokens and predicts the next one while gradients flow back"
+WORDS = TEXT.split()
 
 
 @pytest.fixture(autouse=True)
