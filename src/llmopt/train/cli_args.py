@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from llmopt.config import build
 from llmopt.errors import BadInput
 from llmopt.train.config import TrainConfig
@@ -101,8 +103,14 @@ def trainer_config_from_args(args: argparse.Namespace) -> TrainConfig:
     for flag in ("nproc",):
         if getattr(args, flag, 1) < 1:
             raise BadInput(f"--{flag} {getattr(args, flag)}: must be at least 1")
-    config = build(TrainConfig, **values)
-    return config
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "value"
+        dest = next((k for k, v in _RENAMED.items() if v == name), name)
+        flag = "--" + dest.replace("_", "-")
+        raise BadInput(f"{flag} {first.get('input')!r}: {first['msg'].lower()}") from None
 
 
 def maybe_relaunch(args: argparse.Namespace) -> int | None:

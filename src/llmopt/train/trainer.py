@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,7 +354,11 @@ class Trainer:
         sums = torch.stack([loss_sum, *extra.values()])
         dist_util.all_reduce_sum(sums)
         lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule counts attempted steps; a skipped fp16 step makes torch warn
+            # that the scheduler ran without an optimizer step, which is intended here.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         self._pending.append((self.step, sums / max(label_tokens, 1), grad_norm, lr, list(extra)))
         elapsed = time.perf_counter() - t0
         bar.update(input_tokens, elapsed)
