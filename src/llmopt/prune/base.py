@@ -1,15 +1,15 @@
 """What every pruning method receives: the plan (which layers, how sparse) and calibration.
 
-A method is an object with `needs_calibration`, the `scopes` it supports
-(the first is its default) and `prune(model, plan, calibration)`; methods are
-listed in `llmopt.prune.PRUNERS`.
+A method is a class with `needs_calibration`, the `scopes` it supports (the
+first is its default), `from_config(config)` and `prune(model, plan,
+calibration)`; methods are listed in `llmopt.prune.PRUNERS`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from torch import nn
 from llmopt.errors import BadInput
 from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.prune.masks import Pattern, check_divisible
+
+if TYPE_CHECKING:
+    from llmopt.prune.config import PruneConfig
 
 
 @dataclass
@@ -58,6 +61,11 @@ class Pruner(Protocol):
 
     needs_calibration: bool
     scopes: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: PruneConfig) -> Pruner:
+        """Build the method with its own settings from the stage config."""
+        ...
 
     def prune(self, model: nn.Module, plan: PrunePlan, calib: Calibration | None) -> None:
         """Zero (and, for some methods, update) the planned weights in place."""

@@ -7,11 +7,16 @@ No data is needed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from llmopt.models.arch import weight_out_in
 from llmopt.prune.base import Calibration, PrunePlan
 from llmopt.prune.masks import apply_mask, choose_mask, global_masks
+
+if TYPE_CHECKING:
+    from llmopt.prune.config import PruneConfig
 
 
 class MagnitudePruner:
@@ -19,6 +24,11 @@ class MagnitudePruner:
 
     needs_calibration = False
     scopes = ("layer", "row", "global")
+
+    @classmethod
+    def from_config(cls, config: PruneConfig) -> MagnitudePruner:
+        """Build from a `PruneConfig` (no settings of its own)."""
+        return cls()
 
     def prune(self, model: nn.Module, plan: PrunePlan, calib: Calibration | None = None) -> None:
         """Zero the lowest-|W| weights of every planned linear in place."""

@@ -59,15 +59,6 @@ class PruneResult:
         return asdict(self)
 
 
-def _scopes() -> dict[str, tuple[str, ...]]:
-    return {name: type(factory_probe(name)).scopes for name in PRUNERS}
-
-
-def factory_probe(name: str) -> Pruner:
-    # Methods are cheap to build; a throwaway instance tells their scopes.
-    return PRUNERS[name](PruneConfig(method=name, sparsity=0.5))
-
-
 def _calibration(
     config: PruneConfig, tokenizer, model: nn.Module, device: torch.device | None, progress: bool
 ) -> Calibration:
@@ -107,11 +98,11 @@ def prepare_pruning(
             family, N:M not tiling a layer, nothing selected, or missing/short
             calibration data.
     """
-    scope = check_config(config, _scopes())
+    scope = check_config(config, {name: cls.scopes for name, cls in PRUNERS.items()})
     adapter = ArchAdapter(model)
     pattern = config.parsed_pattern()
     targets = select_targets(adapter, config.targets, config.skip, pattern)
-    pruner = PRUNERS[config.method](config)
+    pruner = PRUNERS[config.method].from_config(config)
     plan = PrunePlan(
         targets=targets,
         block_sparsity=[config.target_sparsity()] * adapter.num_layers,

@@ -21,6 +21,8 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -30,6 +32,9 @@ from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.prune.base import Calibration, PrunePlan, progress_printer
 from llmopt.prune.masks import Pattern, layer_mask, nm_mask, row_mask
 from llmopt.prune.wanda import feed_until_last, targeted_groups
+
+if TYPE_CHECKING:
+    from llmopt.prune.config import PruneConfig
 
 DAMP_RETRIES = 4
 
@@ -148,6 +153,11 @@ class SparseGPTPruner:
     def __init__(self, blocksize: int = 128, damp: float = 0.01):
         self.blocksize = blocksize
         self.damp = damp
+
+    @classmethod
+    def from_config(cls, config: PruneConfig) -> SparseGPTPruner:
+        """Build from a `PruneConfig` (uses its blocksize and damp)."""
+        return cls(blocksize=config.blocksize, damp=config.damp)
 
     def prune(self, model: nn.Module, plan: PrunePlan, calib: Calibration | None) -> None:
         """Prune and update every planned linear in place, block by block."""

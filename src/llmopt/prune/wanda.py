@@ -9,6 +9,8 @@ blocks before it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -16,6 +18,9 @@ from llmopt.calibrate import BlockStep, input_groups, run_sequential, watch_inpu
 from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.prune.base import Calibration, PrunePlan, progress_printer
 from llmopt.prune.masks import apply_mask, choose_mask
+
+if TYPE_CHECKING:
+    from llmopt.prune.config import PruneConfig
 
 
 def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
@@ -41,6 +46,11 @@ class WandaPruner:
 
     needs_calibration = True
     scopes = ("row", "layer")
+
+    @classmethod
+    def from_config(cls, config: PruneConfig) -> WandaPruner:
+        """Build from a `PruneConfig` (no settings of its own)."""
+        return cls()
 
     def prune(self, model: nn.Module, plan: PrunePlan, calib: Calibration | None) -> None:
         """Prune every planned linear in place, block by block."""
