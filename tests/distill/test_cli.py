@@ -90,7 +90,9 @@ def test_cache_then_train_from_it_without_the_teacher(cli, tmp_path, student_dir
             "-o", tmp_path / "a", *common)  # fmt: skip
     assert r.code == 0, r.err
     meta = json.loads((cache / "meta.json").read_text())
-    assert meta["k"] == 16 and meta["tokens"] == meta["rows"] * 31
+    # Only the rows the run visits (2 steps x 2 rows) are stored, not the whole corpus.
+    assert meta["k"] == 16 and meta["cached_rows"] == 4 and meta["rows"] > 100
+    assert meta["tokens"] == 4 * 31
     shard_bytes = sum(p.stat().st_size for p in cache.glob("*.safetensors"))
     # 16 ids (int32) + 16 log-probs (fp16) + the remainder (fp32) per position, plus headers.
     assert 100 * meta["tokens"] < shard_bytes < 110 * meta["tokens"]
@@ -105,7 +107,10 @@ def test_cache_then_train_from_it_without_the_teacher(cli, tmp_path, student_dir
     assert r.code == 0, r.err
     info = json.loads((tmp_path / "b" / "llmopt.json").read_text())["metrics"]["distill"]
     assert info["source"] == "cache" and info["teacher"] == "tiny-llama"
-    # Same data, other temperature: refused before training.
+    # A longer run than the cache was made for, or another temperature: refused up front.
+    r = cli("distill", student_dir, "--cache-teacher", cache, "-o", tmp_path / "c",
+            *common, "--steps", "50")  # fmt: skip
+    assert r.code == 2 and "holds 4 of the" in r.err
     r = cli("distill", student_dir, "--cache-teacher", cache, "-o", tmp_path / "c", *common,
             "--temperature", "1.0")  # fmt: skip
     assert r.code == 2 and "temperature 2.0, not 1.0" in r.err

@@ -16,10 +16,12 @@ from llmopt.distill.teacher import (
     freeze_teacher,
     open_cache_for,
     read_cache_meta,
+    visited_rows,
 )
 from llmopt.distill.vocab import shared_vocab_size, vocabulary_fingerprint
 from llmopt.errors import BadInput
 from llmopt.models import load_model
+from llmopt.train.data import Layout, RowSource
 from llmopt.train.objective import count_label_tokens
 
 V = 512
@@ -207,3 +209,33 @@ def test_hidden_losses_match_reference():
                 cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
                 expected += (1 - cos).sum().item()
         assert loss(s, t, mask).item() == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_visited_rows_are_the_rows_the_trainer_serves_under_any_split():
+    rows = [torch.arange(4)] * 37
+    for steps in (1, 5, 9):  # 9 steps of 8 rows wrap into the second epoch
+        served: set[int] = set()
+        for rank in (0, 1):
+            source = RowSource(rows, pad_id=0, seed=3)
+            source.configure(Layout(micro_batch_size=2, grad_accum=2, rank=rank, world_size=2))
+            for _ in range(steps):
+                for batch in source.next_step():
+                    served.update(batch["index"].tolist())
+        assert visited_rows(37, 8, steps, seed=3) == sorted(served)
+
+
+def test_cache_of_visited_rows_refuses_a_run_that_needs_more(tmp_path, pair, tiny_tokenizer):
+    teacher, _ = pair
+    rows = _rows(n=12)
+    dest = tmp_path / "partial"
+    dest.mkdir()
+    fp = vocabulary_fingerprint(tiny_tokenizer)
+    needed = visited_rows(len(rows), 2, 2, seed=0)
+    build_teacher_cache(
+        teacher, rows, dest, indices=needed, teacher_name="t", k=4, temperature=1.0,
+        vocab_size=V, vocab_fingerprint=fp, pad_id=1, progress=False,
+    )  # fmt: skip
+    cache = open_cache_for(dest, rows, 1.0, fp, needed=needed)
+    assert cache.meta.cached_rows == 4 and cache.has_rows(needed)
+    with pytest.raises(BadInput, match="holds 4 of the 12 rows"):
+        open_cache_for(dest, rows, 1.0, fp, needed=visited_rows(len(rows), 2, 5, seed=0))

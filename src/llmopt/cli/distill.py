@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from llmopt.outputs import check_output
 
         check_output(spec.output, spec.overwrite)
-        ensure_teacher_cache(spec, dcfg)  # once, before the processes start
+        ensure_teacher_cache(spec, dcfg, args.nproc)  # once, before the processes start
     code = maybe_relaunch(args)
     if code is not None:
         return code

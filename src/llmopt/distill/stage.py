@@ -30,6 +30,7 @@ from llmopt.distill.teacher import (
     freeze_teacher,
     open_cache_for,
     read_cache_meta,
+    visited_rows,
 )
 from llmopt.distill.vocab import (
     check_cached_vocabulary,
@@ -56,6 +57,16 @@ def _model_config(spec: str):
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _needed_rows(spec: StageSpec, num_rows: int, world_size: int) -> list[int]:
+    cfg = spec.config
+    per_step = cfg.micro_batch_size * cfg.grad_accum * world_size
+    return visited_rows(num_rows, per_step, cfg.steps, cfg.seed)
 
 
 def _training_rows(spec: StageSpec, tokenizer) -> list[torch.Tensor]:
@@ -95,9 +106,13 @@ def _load_teacher(dcfg: DistillConfig, student_tokenizer, student_config):
     return load_model(dcfg.teacher), tokenizer, vocab
 
 
-def ensure_teacher_cache(spec: StageSpec, dcfg: DistillConfig) -> Path | None:
+def ensure_teacher_cache(
+    spec: StageSpec, dcfg: DistillConfig, world_size: int | None = None
+) -> Path | None:
     """Make the offline cache if `--cache-teacher` names a folder without one.
 
+    Only the rows that a run of this many steps, rows per step and seed
+    visits are stored (`world_size` processes; default: this launch's).
     Returns the cache folder (None without `--cache-teacher`). The cache is
     written into a temporary sibling and renamed, so an interrupted run leaves
     no half cache that a later run would trust.
@@ -136,6 +151,7 @@ def ensure_teacher_cache(spec: StageSpec, dcfg: DistillConfig) -> Path | None:
             teacher,
             rows,
             tmp,
+            indices=_needed_rows(spec, len(rows), world_size or _world_size()),
             teacher_name=dcfg.teacher,
             k=dcfg.cache_k,
             temperature=dcfg.temperature,
@@ -271,7 +287,8 @@ def _open_cache(
         )
     check_cached_vocabulary(student_tokenizer, meta.vocab_fingerprint, student_config.vocab_size)
     rows = _training_rows(spec, student_tokenizer)
-    return open_cache_for(folder, rows, dcfg.temperature, meta.vocab_fingerprint)
+    needed = _needed_rows(spec, len(rows), _world_size())
+    return open_cache_for(folder, rows, dcfg.temperature, meta.vocab_fingerprint, needed)
 
 
 def _cache_facts(cache: TeacherCache) -> dict[str, Any]:
@@ -282,6 +299,7 @@ def _cache_facts(cache: TeacherCache) -> dict[str, Any]:
         "k": meta.k,
         "positions": meta.tokens,
         "rows": meta.rows,
+        "cached_rows": meta.cached_rows,
         "disk_bytes": disk,
         "bytes_per_token": round(disk / max(meta.tokens, 1), 2),
         "outside_topk": "remainder bucket (exact teacher mass, not renormalised)",

@@ -8,7 +8,9 @@ process holds a full replica of the teacher, which is simple and fast for
 teachers that fit on one device next to the student's shard.
 
 Offline (`--cache-teacher DIR`): one pass of the teacher over the training
-rows, in row order, stores for every scored position its top-k log-probs
+rows the run will visit (the trainer's row order depends only on the seed
+and the rows per step, so they are known in advance; a corpus far larger
+than the run costs nothing extra) stores for every scored position its top-k log-probs
 (fp16), their token ids (int32) and the exact log of the probability mass
 outside the top k (fp32), computed from the full distribution. Training then
 keeps that mass as a remainder bucket (see `losses.TopK`), so nothing is
@@ -66,10 +68,14 @@ class CacheMeta:
     vocab_size: int
     vocab_fingerprint: str
     rows: int
+    """Rows of the training source (the fingerprint covers all of them)."""
+    cached_rows: int
+    """Rows actually stored (those the run visits)."""
     tokens: int
+    """Stored positions."""
     rows_fingerprint: str
     shards: list[dict[str, int]]
-    """Per shard: first row, number of rows, number of stored positions."""
+    """Per shard: number of rows and of stored positions."""
     logprob_dtype: str = "float16"
     teacher_metrics: dict | None = None
     """The teacher's measurement when the cache was made (a cached run never loads it)."""
@@ -98,6 +104,7 @@ def build_teacher_cache(
     rows: list[torch.Tensor],
     dest: Path,
     *,
+    indices: list[int] | None = None,
     teacher_name: str,
     k: int,
     temperature: float,
@@ -119,6 +126,7 @@ def build_teacher_cache(
         teacher: the frozen teacher (see `freeze_teacher`), already on its device.
         rows: the training rows, in the order the trainer's source numbers them.
         dest: an empty folder (the caller stages it so a failure leaves nothing).
+        indices: the rows to store (default: all); see `visited_rows`.
         k: top entries per position, 1 <= k < vocab_size.
         autocast: a context-manager factory for the training precision (None: fp32).
         teacher_metrics: the teacher's measurement, kept in `meta.json`.
@@ -129,24 +137,25 @@ def build_teacher_cache(
     if not 1 <= k < vocab_size:
         raise BadInput(f"--cache-k {k}: must be in [1, {vocab_size})")
     device = next(teacher.parameters()).device
+    indices = sorted(set(indices)) if indices is not None else list(range(len(rows)))
     shards: list[dict[str, int]] = []
-    buffer: list[TopK] = []
-    first_row = 0
+    buffer: list[tuple[int, TopK]] = []
     done = 0
-    for chunk, ids, mask in _rows_batches(rows, batch_size, pad_id):
+    for a in range(0, len(indices), batch_size):
+        part = indices[a : a + batch_size]
+        chunk, ids, mask = next(_rows_batches([rows[i] for i in part], batch_size, pad_id))
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = teacher(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         logits = out.logits[..., :vocab_size]
         for i, row in enumerate(chunk):
             top = topk_from_logits(logits[i, : row.numel() - 1], k, temperature)
-            buffer.append(TopK(top.ids.cpu(), top.logprobs.cpu(), top.rest.cpu()))
+            buffer.append((part[i], TopK(top.ids.cpu(), top.logprobs.cpu(), top.rest.cpu())))
         done += len(chunk)
-        if len(buffer) >= rows_per_shard or done == len(rows):
-            shards.append(_write_shard(dest, len(shards), first_row, buffer))
-            first_row += len(buffer)
+        if len(buffer) >= rows_per_shard or done == len(indices):
+            shards.append(_write_shard(dest, len(shards), buffer))
             buffer = []
         if progress:
-            print(f"\r  teacher cache: {done}/{len(rows)} rows", end="", flush=True)
+            print(f"\r  teacher cache: {done}/{len(indices)} rows", end="", flush=True)
     if progress:
         print()
     meta = CacheMeta(
@@ -157,6 +166,7 @@ def build_teacher_cache(
         vocab_size=vocab_size,
         vocab_fingerprint=vocab_fingerprint,
         rows=len(rows),
+        cached_rows=len(indices),
         tokens=sum(s["positions"] for s in shards),
         rows_fingerprint=rows_fingerprint(rows),
         shards=shards,
@@ -166,7 +176,8 @@ def build_teacher_cache(
     return meta
 
 
-def _write_shard(dest: Path, number: int, first_row: int, rows: list[TopK]) -> dict[str, int]:
+def _write_shard(dest: Path, number: int, entries: list[tuple[int, TopK]]) -> dict[str, int]:
+    rows = [top for _, top in entries]
     lengths = torch.tensor([r.rest.numel() for r in rows], dtype=torch.int64)
     offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
     torch.cumsum(lengths, 0, out=offsets[1:])
@@ -175,9 +186,10 @@ def _write_shard(dest: Path, number: int, first_row: int, rows: list[TopK]) -> d
         "logprobs": torch.cat([r.logprobs for r in rows]).to(torch.float16).contiguous(),
         "rest": torch.cat([r.rest for r in rows]).to(torch.float32).contiguous(),
         "offsets": offsets,
+        "row_index": torch.tensor([i for i, _ in entries], dtype=torch.int64),
     }
     save_file(tensors, str(dest / _shard_name(number)))
-    return {"first_row": first_row, "rows": len(rows), "positions": int(offsets[-1])}
+    return {"rows": len(rows), "positions": int(offsets[-1])}
 
 
 def _shard_name(number: int) -> str:
@@ -213,13 +225,19 @@ class TeacherCache:
         """
         self.folder = folder
         self.meta = meta
-        self._where: list[tuple[int, int]] = []  # row -> (shard, row within shard)
-        for number, shard in enumerate(meta.shards):
-            if not (folder / _shard_name(number)).is_file():
-                raise BadInput(f"--cache-teacher {folder}: {_shard_name(number)} is missing")
-            self._where.extend((number, i) for i in range(shard["rows"]))
         self._handles: dict[int, object] = {}
         self._offsets: dict[int, list[int]] = {}
+        self._where: dict[int, tuple[int, int]] = {}  # row -> (shard, row within shard)
+        for number in range(len(meta.shards)):
+            if not (folder / _shard_name(number)).is_file():
+                raise BadInput(f"--cache-teacher {folder}: {_shard_name(number)} is missing")
+            handle, _ = self._open(number)
+            for within, row in enumerate(handle.get_tensor("row_index").tolist()):
+                self._where[row] = (number, within)
+
+    def has_rows(self, indices: list[int]) -> bool:
+        """True when every row of `indices` is stored."""
+        return all(i in self._where for i in indices)
 
     def _open(self, number: int):
         if number not in self._handles:
@@ -264,11 +282,16 @@ def open_cache_for(
     rows: list[torch.Tensor],
     temperature: float,
     vocab_fingerprint: str,
+    needed: list[int] | None = None,
 ) -> TeacherCache:
-    """Open a cache and check it was made for exactly these rows, vocabulary and temperature.
+    """Open a cache and check it was made for these rows, vocabulary and temperature.
+
+    Args:
+        needed: the row indices this run will visit (default: all rows).
 
     Raises:
-        BadInput: no cache there, or it was made for other data, vocabulary or temperature.
+        BadInput: no cache there, it was made for other data, vocabulary or
+            temperature, or it lacks rows this run visits.
     """
     meta = read_cache_meta(folder)
     if meta is None:
@@ -286,4 +309,31 @@ def open_cache_for(
             f"{where}: holds log-probs at temperature {meta.temperature}, not {temperature} "
             "(make a new cache for another temperature)"
         )
-    return TeacherCache(folder, meta)
+    cache = TeacherCache(folder, meta)
+    if not cache.has_rows(needed if needed is not None else list(range(len(rows)))):
+        raise BadInput(
+            f"{where}: holds {meta.cached_rows} of the {meta.rows} rows, not all that this run "
+            "visits (more steps, a larger batch or another seed than it was made for)"
+        )
+    return cache
+
+
+def visited_rows(num_rows: int, rows_per_step: int, steps: int, seed: int) -> list[int]:
+    """The row indices a run of `steps` steps visits, in the trainer's own order.
+
+    The trainer's data source orders rows by (seed, step) only, independent of
+    how a step is split into micro-batches and processes, so one step of
+    `rows_per_step` rows per batch reproduces exactly its row set.
+    """
+    from llmopt.train.data import Layout, RowSource
+
+    if rows_per_step >= num_rows:
+        return list(range(num_rows))
+    source = RowSource([torch.zeros(1, dtype=torch.int64)] * num_rows, pad_id=0, seed=seed)
+    source.configure(Layout(micro_batch_size=rows_per_step, grad_accum=1))
+    seen: set[int] = set()
+    for _ in range(steps):
+        seen.update(source.next_step()[0]["index"].tolist())
+        if len(seen) == num_rows:
+            break
+    return sorted(seen)
