@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calib.add_argument(
         "--calib-dtype",
         default="float32",
-        help="float32 or bfloat16: autocast of the calibration forwards",
+        help="float32 or bfloat16: dtype of the calibration forwards (statistics stay fp32)",
     )
     calib.add_argument("--text-field", default="text", help="jsonl/parquet/hf text field")
     calib.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
@@ -187,11 +187,12 @@ def _print_summary(args: argparse.Namespace, result, metrics: dict) -> None:
             rows.append((f"block {index}", f"{100 * reached:6.2f}%  (target {100 * target:.2f}%)"))
     print_table(rows, title=f"{args.method} {args.pattern}: sparsity of the pruned linears")
     summary = [
+        ("saved", f"{args.output} ({args.save_format})"),
         (
             "overall",
             f"{100 * result.sparsity:.2f}% of {result.pruned_weights:,} weights in "
             f"{len(result.layer_sparsity)} linears",
-        )
+        ),
     ]
     before, after = metrics.get("before"), metrics.get("after")
     if before and after:
@@ -210,4 +211,4 @@ def _print_summary(args: argparse.Namespace, result, metrics: dict) -> None:
             f"{metrics['wall_time_s']:.1f} s total",
         )
     )
-    print_table(summary, title=f"saved to {args.output} ({args.save_format})")
+    print_table(summary, title="result")

@@ -9,7 +9,8 @@ row, `layer` floor(s * numel) in the layer, `global` floor(s * total) over all
 layers together; ties at the threshold are broken by position, so the count
 never drifts with repeated values. `N:M` prunes exactly N of every M
 consecutive inputs of a row (the convention of the SparseGPT and Wanda papers:
-2:4 zeros two weights in every four).
+2:4 zeros two weights in every four). Which of several equal scores is pruned
+follows position in `layer`/`global` scope, and torch.topk's order otherwise.
 """
 
 from __future__ import annotations
@@ -75,11 +76,21 @@ def check_divisible(pattern: Pattern, name: str, in_features: int) -> None:
 
 
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of the k lowest entries of a 1-D tensor (exact count, ties by position)."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        # A stable sort makes tie-breaking deterministic, unlike topk.
-        mask[torch.sort(scores, stable=True).indices[:k]] = True
+    """Mask of the k lowest entries of a 1-D tensor (exact count, ties by position).
+
+    A k-th value (linear time) instead of a sort: several times faster on the
+    large layers this runs on; entries equal to it are taken first-come.
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=scores.device)
+    threshold = scores.kthvalue(k).values
+    mask = scores < threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        mask[(scores == threshold).nonzero().flatten()[:missing]] = True
     return mask
 
 
@@ -88,8 +99,7 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     k = int(scores.shape[1] * sparsity)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k > 0:
-        idx = torch.sort(scores, dim=1, stable=True).indices[:, :k]
-        mask.scatter_(1, idx, True)
+        mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
     return mask
 
 
@@ -102,7 +112,7 @@ def nm_mask(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """Prune the N lowest of every M consecutive inputs of each row."""
     rows, cols = scores.shape
     groups = scores.reshape(rows, cols // pattern.m, pattern.m)
-    idx = torch.sort(groups, dim=2, stable=True).indices[..., : pattern.n]
+    idx = torch.topk(groups, pattern.n, dim=2, largest=False).indices
     mask = torch.zeros_like(groups, dtype=torch.bool)
     mask.scatter_(2, idx, True)
     return mask.view(rows, cols)
