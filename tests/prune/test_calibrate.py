@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llmopt.calibrate import (
@@ -11,6 +12,7 @@ from llmopt.calibrate import (
     run_sequential,
     watch_inputs,
 )
+from llmopt.models import load_model
 from llmopt.models.arch import ArchAdapter
 
 
@@ -47,8 +49,10 @@ def test_next_block_is_fed_by_the_updated_block(tiny_llama):
         assert torch.allclose(seen[i + 1][0], expected, atol=1e-6)
 
 
-def test_whole_engine_matches_the_model_when_nothing_changes(tiny_llama):
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gpt2", "tiny-opt", "tiny-neox"])
+def test_whole_engine_matches_the_model_when_nothing_changes(family):
     """With no change, the last block's output equals the model's own hidden state."""
+    model = load_model(family)
     ids = _ids()
     last: list[torch.Tensor] = []
 
@@ -57,11 +61,11 @@ def test_whole_engine_matches_the_model_when_nothing_changes(tiny_llama):
         step.feed()
         last[:] = step.outputs()
 
-    run_sequential(tiny_llama, ids, handler, batch_size=4)
+    run_sequential(model, ids, handler, batch_size=4)
     with torch.no_grad():
-        out = tiny_llama(ids, output_hidden_states=True)
+        out = model(ids, output_hidden_states=True)
     # hidden_states[-1] has the final norm applied; compare through it
-    norm = ArchAdapter(tiny_llama).final_norm()
+    norm = ArchAdapter(model).final_norm()
     assert torch.allclose(norm(torch.cat(last)), out.hidden_states[-1], atol=1e-5)
 
 

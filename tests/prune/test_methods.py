@@ -85,3 +85,21 @@ def test_owl_sparsities_keep_the_average():
     assert out[2] == 0.5
     assert out[1] == min(out) and out[0] == max(out)  # most outliers -> least pruned
     assert max(measured) - min(measured) == pytest.approx(0.16)
+
+
+@pytest.mark.parametrize(
+    "family,method", [("tiny-gpt2", "sparsegpt"), ("tiny-neox", "sparsegpt"), ("tiny-opt", "wanda")]
+)
+def test_data_aware_methods_on_every_family(family, method, tiny_tokenizer):
+    """2:4 holds in every linear, including GPT-2's transposed Conv1D and fused qkv."""
+    from llmopt.models import load_model
+    from llmopt.models.arch import ArchAdapter, weight_out_in
+    from llmopt.prune import PruneConfig, prune_model
+
+    model = load_model(family)
+    config = PruneConfig(method=method, pattern="2:4", calib_samples=4, calib_seq_len=32)
+    result = prune_model(model, tiny_tokenizer, config, progress=False)
+    assert result.sparsity == 0.5
+    for module in ArchAdapter(model).all_linears().values():
+        w = weight_out_in(module)
+        assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
