@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep the model in CPU memory; only the block being calibrated visits --device "
+        "(for models larger than the GPU; measurement then runs on the CPU)",
+    )
+    parser.add_argument(
         "--accelerate-2to4",
         action="store_true",
         help="CUDA + 2:4: measure the pruned model with semi-structured sparse kernels",
@@ -116,6 +122,7 @@ def _eval_config(args: argparse.Namespace, positions: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmopt.errors import BadInput
     from llmopt.evaluate.summary import evaluate_model
     from llmopt.models import ArchAdapter, load_model, load_tokenizer
     from llmopt.outputs import check_output, staged_output
@@ -128,12 +135,14 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, args.overwrite)
     device = pick_device(args.device)
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=device)
+    model = load_model(args.model, device=None if args.offload else device)
     positions = ArchAdapter(model).max_positions
     config = _config(args, positions)
     eval_config = None if args.no_eval else _eval_config(args, positions)
     if args.accelerate_2to4:
         check_semi_structured(device, config.parsed_pattern())
+        if args.offload:
+            raise BadInput("--accelerate-2to4: the model must be on the GPU; drop --offload")
     prepared = prepare_pruning(model, tokenizer, config, device=device)
     metrics: dict = {}
     if eval_config is not None:
