@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from llmopt.distill.losses import LossSpec, distillation_loss, topk_from_logits
 
@@ -159,3 +160,31 @@ def test_topk_forward_kl_error_is_exactly_the_within_bucket_divergence():
     gap = (top.rest.double().exp() * within * (y != -100)).sum().item()
     assert gap > 0
     assert full - cached == pytest.approx(gap, rel=1e-4)
+
+
+class _LargestFloat32(TorchDispatchMode):
+    """Records the largest fp32 tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("teacher_kind", ["logits", "topk"])
+def test_no_fp32_copy_of_the_whole_batch_exists(teacher_kind):
+    b, n, vocab, chunk = 4, 64, 1000, 16
+    s, t, y = _batch(10, b=b, n=n, vocab=vocab)
+    leaf = s.to(torch.bfloat16).requires_grad_(True)
+    teacher = t.to(torch.bfloat16) if teacher_kind == "logits" else topk_from_logits(t, 32)
+    spec = LossSpec(divergence="jsd", temperature=2.0, alpha=0.5, chunk_tokens=chunk)
+    with _LargestFloat32() as probe:
+        distillation_loss(leaf, teacher, y, spec).total.backward()
+    assert leaf.grad.dtype == torch.bfloat16 and leaf.grad.abs().sum() > 0
+    assert probe.largest <= chunk * vocab < b * n * vocab

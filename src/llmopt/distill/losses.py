@@ -23,10 +23,10 @@ keeps its scale comparable to the hard-label loss as T changes.
 Memory: the logits of a batch are [tokens, vocab]. Upcasting both to fp32 and
 taking softmaxes for the whole batch would allocate several fp32 copies of
 that. The loss is therefore evaluated `chunk_tokens` positions of one
-sequence at a time, each
-chunk under activation checkpointing, so at most one chunk's fp32
-temporaries exist in the forward pass and again, one chunk at a time, in the
-backward pass.
+sequence at a time, and each chunk's gradient is taken as soon as its loss
+is (see `_ChunkedLoss`), so at most one chunk's fp32 temporaries exist at
+any moment; the only full-size extra is the gradient itself, in the logits'
+own dtype.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_TOKENS = 256
@@ -172,6 +171,66 @@ def _as_3d(teacher: torch.Tensor | TopK) -> torch.Tensor | TopK:
     return teacher[None] if teacher.dim() == 2 else teacher
 
 
+def _chunks(labels: torch.Tensor, step: int):
+    """(row, a, b) of every chunk that holds at least one label token."""
+    valid = labels != IGNORE_INDEX
+    for row in range(labels.shape[0]):
+        for a in range(0, labels.shape[1], step):
+            if bool(valid[row, a : a + step].any()):  # all padding: skip the softmaxes
+                yield row, a, a + step
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Loss and its gradient in one pass over the chunks.
+
+    Each chunk's gradient is taken right away (local autograd on that chunk
+    alone) and written into one buffer shaped like the student logits, in
+    their dtype. Backward only scales that buffer. Compared with plain
+    autograd this never keeps a chunk's fp32 softmaxes alive, never recomputes
+    them, and never materialises a full-size zero gradient per chunk (which
+    is what slicing's backward does).
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, labels, spec, vocab):
+        grad = torch.zeros_like(student)
+        kd = student.new_zeros((), dtype=torch.float32)
+        ce = student.new_zeros((), dtype=torch.float32)
+        for row, a, b in _chunks(labels, max(1, spec.chunk_tokens)):
+            piece = student[row, a:b, :vocab].detach().requires_grad_(True)
+            with torch.enable_grad():
+                part_kd, part_ce = _chunk_terms(
+                    piece, _teacher_piece(teacher, row, a, b, vocab), labels[row, a:b], spec
+                )
+                total = spec.alpha * part_kd + (1.0 - spec.alpha) * part_ce
+                (part_grad,) = torch.autograd.grad(total, piece)
+            grad[row, a:b, :vocab] = part_grad
+            kd += part_kd.detach()
+            ce += part_ce.detach()
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(kd, ce)
+        return spec.alpha * kd + (1.0 - spec.alpha) * ce, kd, ce
+
+    @staticmethod
+    def backward(ctx, g_total, _g_kd, _g_ce):
+        (grad,) = ctx.saved_tensors
+        return grad * g_total.to(grad.dtype), None, None, None, None
+
+
+def _forward_only(student, teacher, labels, spec, vocab):
+    kd = student.new_zeros((), dtype=torch.float32)
+    ce = student.new_zeros((), dtype=torch.float32)
+    for row, a, b in _chunks(labels, max(1, spec.chunk_tokens)):
+        part_kd, part_ce = _chunk_terms(
+            student[row, a:b, :vocab],
+            _teacher_piece(teacher, row, a, b, vocab),
+            labels[row, a:b],
+            spec,
+        )
+        kd, ce = kd + part_kd, ce + part_ce
+    return spec.alpha * kd + (1.0 - spec.alpha) * ce, kd, ce
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher: torch.Tensor | TopK,
@@ -194,38 +253,21 @@ def distillation_loss(
             sliced off both sides (default: the student's logit width).
 
     Returns:
-        `LossSums`; `total` is differentiable w.r.t. the student logits.
+        `LossSums`; `total` is differentiable w.r.t. the student logits (kd and
+        ce are detached, for logging).
     """
     vocab = vocab_size or student_logits.shape[-1]
     if labels.dim() == 1:
         student_logits, labels = student_logits[None], labels[None]
     teacher = _as_3d(teacher)
-    kd = student_logits.new_zeros((), dtype=torch.float32)
-    ce = student_logits.new_zeros((), dtype=torch.float32)
-    step = max(1, spec.chunk_tokens)
-    need_grad = student_logits.requires_grad and torch.is_grad_enabled()
-    valid = labels != IGNORE_INDEX
-    for row in range(labels.shape[0]):
-        for a in range(0, labels.shape[1], step):
-            b = a + step
-            if not bool(valid[row, a:b].any()):
-                continue  # all padding: contributes nothing, skip the softmaxes
-            args = (
-                student_logits[row, a:b, :vocab],
-                _teacher_piece(teacher, row, a, b, vocab),
-                labels[row, a:b],
-                spec,
-            )
-            if need_grad:
-                # Only the chunk's inputs (views) are saved; its fp32 softmaxes are
-                # rebuilt in backward, one chunk at a time.
-                part_kd, part_ce = checkpoint(_chunk_terms, *args, use_reentrant=False)
-            else:
-                part_kd, part_ce = _chunk_terms(*args)
-            kd = kd + part_kd
-            ce = ce + part_ce
-    total = spec.alpha * kd + (1.0 - spec.alpha) * ce
-    return LossSums(total=total, kd=kd, ce=ce, tokens=int(valid.sum()))
+    if isinstance(teacher, torch.Tensor):
+        teacher = teacher.detach()
+    if student_logits.requires_grad and torch.is_grad_enabled():
+        total, kd, ce = _ChunkedLoss.apply(student_logits, teacher, labels, spec, vocab)
+    else:
+        total, kd, ce = _forward_only(student_logits, teacher, labels, spec, vocab)
+    tokens = int((labels != IGNORE_INDEX).sum())
+    return LossSums(total=total, kd=kd, ce=ce, tokens=tokens)
 
 
 def topk_from_logits(logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopK:
