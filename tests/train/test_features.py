@@ -49,7 +49,7 @@ def test_grad_checkpointing_same_result(tiny_llama_dir, packed_source):
     plain = run_training(load_model(tiny_llama_dir), _config(), packed_source()).model
     ckpt_model = load_model(tiny_llama_dir)
     run_training(ckpt_model, _config(grad_checkpointing=True), packed_source())
-    assert ckpt_model.is_gradient_checkpointing
+    assert ckpt_model.is_activation_checkpointing
     torch.testing.assert_close(_params(ckpt_model), _params(plain), rtol=1e-5, atol=1e-6)
 
 

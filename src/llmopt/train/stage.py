@@ -75,7 +75,7 @@ def run_train_stage(
     from llmopt.provenance import start_record, write_record
     from llmopt.train.data import build_source
     from llmopt.train.precision import resolve_precision
-    from llmopt.train.trainer import Trainer
+    from llmopt.train.trainer import Trainer, set_activation_checkpointing
 
     cfg = spec.config
     world, device = dist_util.init_world(cfg.device)
@@ -109,8 +109,8 @@ def run_train_stage(
     trained.to(device)
     if hasattr(trained, "config"):
         trained.config.use_cache = True
-    if cfg.grad_checkpointing and hasattr(trained, "gradient_checkpointing_disable"):
-        trained.gradient_checkpointing_disable()
+    if cfg.grad_checkpointing:
+        set_activation_checkpointing(trained, False)
     record.metrics["train"] = {**result.summary, "run_dir": str(run_dir)}
     with staged_output(spec.output, spec.overwrite) as tmp:
         save_checkpoint(trained, tokenizer, tmp, record)

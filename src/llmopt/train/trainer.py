@@ -73,6 +73,21 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     }
 
 
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Turn recomputation of block activations in backward on or off (a HF model)."""
+    # transformers 5 renamed gradient_* to activation_checkpointing_*; keep both working.
+    if enabled:
+        # Non-reentrant checkpointing works under DDP/FSDP and with inputs without grad.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+    else:
+        disable = getattr(model, "activation_checkpointing_disable", None)
+        (disable or model.gradient_checkpointing_disable)()
+
+
 class Trainer:
     """Trains `model` on `data` with `objective` under `config` (see `fit`)."""
 
@@ -135,6 +150,11 @@ class Trainer:
         self.data.configure(
             Layout(cfg.micro_batch_size, cfg.grad_accum, self.world.rank, self.world.world_size)
         )
+        if cfg.grad_checkpointing and not getattr(
+            self.raw_model, "supports_gradient_checkpointing", False
+        ):
+            kind = type(self.raw_model).__name__
+            raise BadInput(f"--grad-checkpointing: {kind} does not support it")
         self.fingerprint = ckpt.model_fingerprint(self.raw_model)
         self.resume_from = ckpt.find_checkpoint(cfg.resume) if cfg.resume else None
         if self.resume_from is not None:
@@ -147,9 +167,7 @@ class Trainer:
         resume_from = self.resume_from
         model = self.raw_model.to(self.device)
         if cfg.grad_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            set_activation_checkpointing(model, True)
         if hasattr(model, "config"):
             model.config.use_cache = False
         model.train()
