@@ -154,6 +154,7 @@ def run_worker(args) -> None:
         torch.set_num_threads(args.threads)
     out = WORKERS[args.worker](args)
     out["peak_memory_mb"] = peak_memory_mb(args.device)
+    out["threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(out))
 
 
