@@ -131,20 +131,41 @@ def _assert_same(a, b):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=2e-5, msg=k)
 
 
-def test_gradient_accumulation_matches_one_big_batch(cli, tmp_path, student_dir):
-    whole = _distil(cli, tmp_path / "whole", student_dir, "--micro-batch-size", "4")
+def test_gradient_accumulation_matches_one_big_batch(cli, tmp_path, narrow_student_dir):
+    # A narrow student, so the hidden-state projections train through accumulation too.
+    student = narrow_student_dir
+    whole = _distil(cli, tmp_path / "whole", student, "--micro-batch-size", "4")
     accum = _distil(
-        cli, tmp_path / "accum", student_dir, "--micro-batch-size", "1", "--grad-accum", "4"
+        cli, tmp_path / "accum", student, "--micro-batch-size", "1", "--grad-accum", "4"
     )
     _assert_same(whole, accum)
-    start = _weights(student_dir)
+    start = _weights(student)
     assert any(not torch.equal(start[k], whole[k]) for k in start)  # it did train
 
 
+@pytest.fixture(scope="module")
+def narrow_student_dir(tmp_path_factory, tiny_llama_dir):
+    """A 2-layer tiny Llama of width 32 (the teacher's is 64): hidden states need projections."""
+    from transformers import AutoModelForCausalLM
+
+    from llmopt.models.zoo import tiny_config
+
+    config = tiny_config("llama", layers=2)
+    config.hidden_size = 32
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("student") / "narrow"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    load_tokenizer(tiny_llama_dir).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.distributed
-def test_two_gloo_processes_match_one_process(cli, tmp_path, student_dir):
-    one = _distil(cli, tmp_path / "one", student_dir, "--micro-batch-size", "4")
-    two = _distil(cli, tmp_path / "two", student_dir, "--micro-batch-size", "2", "--nproc", "2")
+@pytest.mark.parametrize("mode", ["ddp-projections", "fsdp"])
+def test_two_gloo_processes_match_one_process(cli, tmp_path, student_dir, narrow_student_dir, mode):
+    student = narrow_student_dir if mode == "ddp-projections" else student_dir
+    extra = ("--fsdp",) if mode == "fsdp" else ()
+    one = _distil(cli, tmp_path / "one", student, "--micro-batch-size", "4")
+    two = _distil(cli, tmp_path / "two", student, "--micro-batch-size", "2", "--nproc", "2", *extra)
     _assert_same(one, two)
 
 

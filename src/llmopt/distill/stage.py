@@ -254,7 +254,11 @@ def prepare_distillation(spec: StageSpec, dcfg: DistillConfig) -> DistillSetup:
         objective = DistillObjective(loss, cache.meta.vocab_size, cache=cache)
         return DistillSetup(objective, [], cache.meta.teacher_metrics, summary)
     teacher, teacher_tokenizer, vocab = _load_teacher(dcfg, student_tokenizer, student_config)
-    hidden = _hidden_loss(dcfg, student_config, teacher.config)
+    # Seeded: every process (and every rerun) must start from the same projections,
+    # which live outside the model and so are not broadcast by DDP/FSDP.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.config.seed)
+        hidden = _hidden_loss(dcfg, student_config, teacher.config)
     teacher_metrics = None
     if _is_main_process():
         teacher_metrics = _measure_teacher(teacher, teacher_tokenizer, spec)
