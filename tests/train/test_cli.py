@@ -31,6 +31,7 @@ def test_train_writes_checkpoint_with_record(cli, tmp_path):
         (("--grad-accum", "0"), "--grad-accum 0: input should be greater than or equal to 1"),
         (("--micro-batch-size", "0"), "--micro-batch-size 0"),
         (("--micro-batch-size", "100000"), "one step needs 100000"),
+        (("--nproc", "4", "--micro-batch-size", "20000"), "x 4 processes"),
         (("--fsdp",), "--fsdp needs several processes"),
         (("--nproc", "0"), "--nproc 0"),
         (("--resume", "nowhere"), "no checkpoint there"),

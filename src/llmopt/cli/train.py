@@ -39,14 +39,14 @@ def run(args: argparse.Namespace) -> int:
         stage_spec_from_args,
         trainer_config_from_args,
     )
-    from llmopt.train.stage import run_train_stage
+    from llmopt.train.stage import preflight, run_train_stage
     from llmopt.train.trainer import TrainingInterrupted
 
     config = trainer_config_from_args(args)
-    code = maybe_relaunch(args)
+    spec = stage_spec_from_args(args, config, eval_config_from_args(args, config), stage="train")
+    code = maybe_relaunch(args, preflight=lambda processes: preflight(spec, processes))
     if code is not None:
         return code
-    spec = stage_spec_from_args(args, config, eval_config_from_args(args, config), stage="train")
     try:
         metrics = run_train_stage(spec)
     except TrainingInterrupted as stop:

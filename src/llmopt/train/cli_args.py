@@ -113,9 +113,11 @@ def trainer_config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise BadInput(f"{flag} {first.get('input')!r}: {first['msg'].lower()}") from None
 
 
-def maybe_relaunch(args: argparse.Namespace) -> int | None:
+def maybe_relaunch(args: argparse.Namespace, preflight=None) -> int | None:
     """With `--nproc N > 1` outside torchrun: run this command as N processes.
 
+    `preflight(processes)` (optional) checks user input first, in this process,
+    so that a bad value exits with status 2 rather than as a worker failure.
     Returns the launched command's exit status, or None when this process
     should train itself.
     """
@@ -126,6 +128,8 @@ def maybe_relaunch(args: argparse.Namespace) -> int | None:
         raise BadInput(f"--nproc {nproc}: must be at least 1")
     if nproc == 1 or launched_by_torchrun():
         return None
+    if preflight is not None:
+        preflight(nproc)
     return relaunch_with_torchrun(nproc, args._trainer_parser, args, args.verb)
 
 

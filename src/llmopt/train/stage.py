@@ -54,6 +54,42 @@ def _measure(model, tokenizer, evaluation: EvalConfig | None, folder=None) -> di
     return evaluate_model(model, tokenizer, evaluation, folder=folder)
 
 
+def preflight(spec: StageSpec, processes: int) -> None:
+    """Check a stage in the launching process, before `--nproc` starts the workers.
+
+    torchrun reports any worker failure as its own exit status 1, so the user
+    errors it can see here are caught here, with status 2 and one line: the
+    output folder, the precision, the data against the step size, the resume
+    checkpoint's configuration. (It also leaves the tokenised data cached.)
+
+    Raises:
+        BadInput: as `run_train_stage` would.
+    """
+    from llmopt.errors import BadInput
+    from llmopt.models import load_tokenizer
+    from llmopt.outputs import check_output
+    from llmopt.runtime import pick_device
+    from llmopt.train import checkpoint as ckpt
+    from llmopt.train.config import check_batch
+    from llmopt.train.data import build_source
+    from llmopt.train.precision import resolve_precision
+
+    cfg = spec.config
+    check_output(spec.output, spec.overwrite)
+    resolve_precision(cfg.precision, pick_device(cfg.device))
+    tokenizer = load_tokenizer(spec.model)
+    data = build_source(spec.data, tokenizer, cfg.seq_len, cfg.pack, cfg.seed, spec.text_field)
+    check_batch(cfg, len(data), processes)
+    if cfg.resume:
+        path = ckpt.find_checkpoint(cfg.resume)
+        meta = ckpt.read_meta(path)
+        problems = cfg.resume_mismatches(meta["config"])
+        if meta["world_size"] != processes:
+            problems.append(f"processes: {meta['world_size']} in the checkpoint, {processes} now")
+        if problems:
+            raise BadInput(f"--resume {path}: incompatible ({'; '.join(problems)})")
+
+
 def run_train_stage(
     spec: StageSpec,
     objective: Objective | None = None,
