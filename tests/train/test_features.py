@@ -60,3 +60,32 @@ def test_compile_same_result(tiny_llama_dir, packed_source):
     plain = run_training(load_model(tiny_llama_dir), _config(), packed_source()).model
     compiled = run_training(load_model(tiny_llama_dir), _config(compile=True), packed_source())
     torch.testing.assert_close(_params(compiled.model), _params(plain), rtol=1e-4, atol=1e-5)
+
+
+class WithExtra:
+    """The LM loss plus a trainable temperature on the logits (an objective-owned parameter)."""
+
+    name = "lm+temperature"
+
+    def __init__(self) -> None:
+        self.log_t = torch.nn.Parameter(torch.zeros(()))
+
+    def setup(self, model, device, precision) -> None:
+        self.log_t.data = self.log_t.data.to(device)
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.log_t]
+
+    def __call__(self, model, batch):
+        from llmopt.train.objective import ObjectiveOutput, model_inputs, token_cross_entropy_sum
+
+        logits = model(**model_inputs(batch)).logits / self.log_t.exp()
+        loss = token_cross_entropy_sum(logits, batch["labels"])
+        return ObjectiveOutput(loss_sum=loss, metrics={"t": float(self.log_t.exp()) * 0})
+
+
+def test_objective_parameters_are_trained(tiny_llama, packed_source):
+    objective = WithExtra()
+    result = run_training(tiny_llama, _config(log_every=1), packed_source(), objective)
+    assert float(objective.log_t) != 0.0
+    assert all("t" in row for row in result.history)  # objective metrics reach the log

@@ -171,6 +171,8 @@ def relaunch_with_torchrun(
     # torchrun otherwise prints a banner about OMP_NUM_THREADS; one thread per process
     # on a CPU run unless the user chose otherwise.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # Tokenizers' thread pool and forked workers do not mix; the data is cached anyway.
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return subprocess.call(command, env=env)
 
 

@@ -176,6 +176,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.raw_model, cfg.lr, cfg.weight_decay, cfg.betas, self.objective.extra_parameters()
         )
+        self.extra_parameters = list(self.objective.extra_parameters())
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
         self.flops_per_token = flops_per_token(self.raw_model, cfg.seq_len)
         self.peak = peak_flops(self.device, self.precision.name)
@@ -362,6 +363,7 @@ class Trainer:
                 extra[key] = (
                     extra.get(key, 0.0) + torch.as_tensor(value, device=self.device).float()
                 )
+        self._sync_extra_gradients()
         for cb in self.callbacks:
             cb.after_backward(self)
         grad_norm = self._optimizer_step()
@@ -383,6 +385,16 @@ class Trainer:
         self._step_times.append((input_tokens, elapsed))
         if self.step % cfg.log_every == 0 or self.step == cfg.steps:
             self._log(bar)
+
+    def _sync_extra_gradients(self) -> None:
+        # An objective's own parameters live outside the DDP/FSDP wrapper, so nothing
+        # reduced their gradients: average them as the wrapper does the model's.
+        if not self.world.distributed:
+            return
+        for param in self.extra_parameters:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist_util.all_reduce_sum(param.grad).div_(self.world.world_size)
 
     def _optimizer_step(self) -> torch.Tensor:
         cfg = self.config
