@@ -103,3 +103,9 @@ def test_data_aware_methods_on_every_family(family, method, tiny_tokenizer):
     for module in ArchAdapter(model).all_linears().values():
         w = weight_out_in(module)
         assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
+
+
+def test_sparsegpt_nm_with_a_blocksize_that_m_does_not_divide():
+    x = correlated_inputs(256, 30)
+    out = sparsegpt_prune(torch.randn(4, 30), 2 * x.T @ x / 256, 0.4, Pattern(2, 5), blocksize=8)
+    assert bool(((out.view(4, 6, 5) == 0).sum(-1) >= 2).all())
