@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batch-size", type=int, default=8)
     p.add_argument("--calib-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--eval-max-tokens", type=int, default=65536)
+    p.add_argument("--no-dense", action="store_true", help="skip the unpruned baseline")
     p.add_argument("--json", default="benchmarks/results/prune.json")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "PATTERN"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -85,9 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_one(args, *args.one)))
         return
     child_args = [a for a in (argv if argv is not None else sys.argv[1:])]
-    runs = [("dense", "-")] + [
-        (m, p) for p in args.patterns.split(",") for m in args.methods.split(",")
-    ]
+    runs = [] if args.no_dense else [("dense", "-")]
+    runs += [(m, p) for p in args.patterns.split(",") for m in args.methods.split(",")]
     rows = []
     for method, pattern in runs:
         cmd = [sys.executable, __file__, *child_args, "--one", method, pattern]
