@@ -14,7 +14,7 @@ TEXT = "the model reads tokens and predicts the next one while gradients flow ba
 WORDS = TEXT.split()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One intra-op thread: tiny matrices gain nothing from more, and on a shared
     machine spinning OpenMP threads make each step many times slower."""
