@@ -33,6 +33,7 @@ def test_train_writes_checkpoint_with_record(cli, tmp_path):
         (("--micro-batch-size", "100000"), "one step needs 100000"),
         (("--nproc", "4", "--micro-batch-size", "20000"), "x 4 processes"),
         (("--fsdp",), "--fsdp needs several processes"),
+        (("--seq-len", "100000"), "--seq-len 100000: the model has"),
         (("--nproc", "0"), "--nproc 0"),
         (("--resume", "nowhere"), "no checkpoint there"),
     ],

@@ -73,6 +73,15 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     }
 
 
+def _max_positions(model: nn.Module) -> int | None:
+    from llmopt.models.arch import ArchAdapter
+
+    try:
+        return ArchAdapter(model).max_positions
+    except (AttributeError, KeyError, ValueError, BadInput):  # a family the adapter lacks
+        return None
+
+
 def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
     """Turn recomputation of block activations in backward on or off (a HF model)."""
     # transformers 5 renamed gradient_* to activation_checkpointing_*; keep both working.
@@ -146,6 +155,9 @@ class Trainer:
         self.precision = Precision(
             resolve_precision(cfg.precision, self.device), self.device, cfg.init_scale
         )
+        positions = _max_positions(self.raw_model)
+        if positions is not None and cfg.seq_len > positions:
+            raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
         check_batch(cfg, len(self.data), self.world.world_size)
         self.data.configure(
             Layout(cfg.micro_batch_size, cfg.grad_accum, self.world.rank, self.world.world_size)
