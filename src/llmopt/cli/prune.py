@@ -143,12 +143,7 @@ def run(args: argparse.Namespace) -> int:
         check_semi_structured(device, config.parsed_pattern())
         if args.offload:
             raise BadInput("--accelerate-2to4: the model must be on the GPU; drop --offload")
-    prepared = prepare_pruning(model, tokenizer, config, device=device)
-    metrics: dict = {}
-    if eval_config is not None:
-        metrics["before"] = evaluate_model(model, tokenizer, eval_config)
-    result = run_pruning(model, prepared)
-    metrics["prune"] = result.as_dict()
+    # Started before the work, so the record's wall time covers measuring and pruning.
     record = start_record(
         "prune",
         str(args.model),
@@ -156,6 +151,12 @@ def run(args: argparse.Namespace) -> int:
         seed=config.seed,
     )
     record.format = args.save_format
+    prepared = prepare_pruning(model, tokenizer, config, device=device)
+    metrics: dict = {}
+    if eval_config is not None:
+        metrics["before"] = evaluate_model(model, tokenizer, eval_config)
+    result = run_pruning(model, prepared)
+    metrics["prune"] = result.as_dict()
     with staged_output(args.output, args.overwrite) as folder:
         _save(model, tokenizer, folder, args.save_format)
         if args.accelerate_2to4:
