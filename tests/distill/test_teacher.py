@@ -140,6 +140,11 @@ def test_cache_refuses_other_rows_and_temperature(tmp_path, pair, tiny_tokenizer
     meta = read_cache_meta(cache.folder)
     assert meta.rows == len(rows) and meta.tokens == sum(r.numel() - 1 for r in rows)
     assert len(meta.shards) == 2
+    with torch.no_grad():
+        logits = teacher(torch.stack(rows[0::3])).logits[:, :-1]  # the rows of length 10
+    outside = 1 - torch.softmax(logits, -1).topk(8, -1).values.sum(-1).mean().item()
+    assert 0 < meta.mass_outside_topk < 1
+    assert meta.mass_outside_topk == pytest.approx(outside, rel=0.1)  # a subset vs all rows
     with pytest.raises(BadInput, match="other training rows"):
         open_cache_for(cache.folder, _rows(seed=1), 1.0, fp)
     with pytest.raises(BadInput, match=r"temperature 1\.0, not 2\.0"):

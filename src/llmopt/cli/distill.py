@@ -126,7 +126,8 @@ def _print_distill(metrics: dict) -> None:
         rows.append(
             (
                 "teacher cache",
-                f"k={c['k']}, {human_bytes(c['disk_bytes'])}, {c['bytes_per_token']:.0f} B/token",
+                f"k={c['k']}, {human_bytes(c['disk_bytes'])}, {c['bytes_per_token']:.0f} B/token, "
+                f"{100 * (c['mass_outside_topk'] or 0):.1f}% of the mass outside the top k",
             )
         )
     print_table(rows, title="distillation")

@@ -307,6 +307,7 @@ def _cache_facts(cache: TeacherCache) -> dict[str, Any]:
         "disk_bytes": disk,
         "bytes_per_token": round(disk / max(meta.tokens, 1), 2),
         "outside_topk": "remainder bucket (exact teacher mass, not renormalised)",
+        "mass_outside_topk": meta.mass_outside_topk,
     }
 
 
