@@ -141,6 +141,14 @@ def read_sparse_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+
 def load_sparse_model(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild the dense model of a sparse checkpoint folder, in eval mode.
 
@@ -150,7 +158,9 @@ def load_sparse_model(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Mo
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with _no_init_weights():  # every stored tensor is overwritten: skip random init
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # tying is part of the init that was skipped
     state = {
         k: v.to(dtype) if v.is_floating_point() else v for k, v in read_sparse_state(folder).items()
     }
