@@ -76,11 +76,12 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                     break
                 model = copy.deepcopy(original)
                 t0 = time.perf_counter()
-                share_layers(model, plan, init=init)
+                share_layers(model, plan, init=init, lora_rank=args.lora_rank)
                 row = {
                     "k": k,
                     "strategy": strategy,
                     "init": init,
+                    "lora_rank": args.lora_rank,
                     "share_s": round(time.perf_counter() - t0, 2),
                     "unique_params": model_footprint(model).unique_params,
                     "perplexity": _perplexity(model, ids, args),
@@ -217,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ks", type=ints, default=[15, 10, 6])
     p.add_argument("--strategies", type=names, default=["cycle", "sequence", "adjacent"])
     p.add_argument("--inits", type=names, default=["average", "first", "stepwise"])
+    p.add_argument("--lora-rank", type=int, default=0, help="per-layer delta rank in the sweep")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-max-tokens", type=int, default=4096)
     p.add_argument("--recover-ks", type=ints, default=[15, 10])
