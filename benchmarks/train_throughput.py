@@ -180,6 +180,9 @@ def summarise(runs: list[dict], tokens_per_step: int) -> dict:
         "final_loss": runs[-1]["losses"][-1],
         "losses": runs[-1]["losses"],
         "runs": len(runs),
+        # Per-run medians show how much the machine's load moved the numbers.
+        "per_run_median_step_s": [statistics.median(r["step_times"][1:]) for r in runs],
+        "threads": [r.get("threads") for r in runs],
     }
 
 
