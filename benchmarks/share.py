@@ -156,12 +156,11 @@ def recover(args: argparse.Namespace, best: dict[str, Any], work: Path) -> dict[
     if code:
         raise RuntimeError(f"llmopt share exited {code}")
     t0 = time.perf_counter()
-    with _shared_aware_save():
-        code = main(
-            ["distill", str(shared), "--teacher", args.model, "--steps", str(args.recover_steps),
-             "--seq-len", str(args.recover_seq_len), "--micro-batch-size", "4", "--lr", "3e-4",
-             "--warmup", "5", "--no-progress", "-o", str(recovered), "--overwrite", *evaluation]
-        )  # fmt: skip
+    code = main(
+        ["distill", str(shared), "--teacher", args.model, "--steps", str(args.recover_steps),
+         "--seq-len", str(args.recover_seq_len), "--micro-batch-size", "4", "--lr", "3e-4",
+         "--warmup", "5", "--no-progress", "-o", str(recovered), "--overwrite", *evaluation]
+    )  # fmt: skip
     if code:
         raise RuntimeError(f"llmopt distill exited {code}")
     record = json.loads((recovered / "llmopt.json").read_text())
@@ -176,31 +175,6 @@ def recover(args: argparse.Namespace, best: dict[str, Any], work: Path) -> dict[
         "tokens_per_step": 4 * args.recover_seq_len,
         "distill_s": round(time.perf_counter() - t0, 1),
     }
-
-
-class _shared_aware_save:
-    """Route `llmopt.outputs.save_checkpoint` through `save_if_shared` for the run.
-
-    This is the change requested of llmopt.outputs (a distilled shared model
-    is written back shared); once it has landed the wrapper changes nothing.
-    """
-
-    def __enter__(self) -> None:
-        import llmopt.outputs as outputs
-        from llmopt.share.storage import save_if_shared
-
-        self.original = original = outputs.save_checkpoint
-
-        def save_checkpoint(model, tokenizer, folder, record):
-            if not save_if_shared(model, tokenizer, folder, record):
-                original(model, tokenizer, folder, record)
-
-        outputs.save_checkpoint = save_checkpoint
-
-    def __exit__(self, *exc: object) -> None:
-        import llmopt.outputs as outputs
-
-        outputs.save_checkpoint = self.original
 
 
 def _row_text(row: dict[str, Any]) -> str:

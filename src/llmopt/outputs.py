@@ -7,6 +7,7 @@ into place only at the end. An existing output is replaced only with
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -56,9 +57,25 @@ def staged_output(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, dest)
 
 
+# A model that a technique holds in a compact in-memory form (layers that share
+# tensors, which `save_pretrained` refuses) is saved by that technique, so any
+# later stage (training, distillation) writes it back in the layout it read.
+# Marker attribute on the model -> "module:function(model, tokenizer, folder, record)".
+MODEL_SAVERS: dict[str, str] = {"llmopt_sharing": "llmopt.share.storage:save_shared_checkpoint"}
+
+
 def save_checkpoint(model, tokenizer, folder: str | Path, record: StageRecord) -> None:
-    """Save a model as an ordinary Hugging Face folder (safetensors) plus `llmopt.json`."""
+    """Save a model as an ordinary Hugging Face folder (safetensors) plus `llmopt.json`.
+
+    A model marked by one of `MODEL_SAVERS` is saved by its technique instead
+    (which also sets `record.format`).
+    """
     folder = Path(folder)
+    for marker, target in MODEL_SAVERS.items():
+        if getattr(model, marker, None) is not None:
+            module, _, func = target.partition(":")
+            getattr(importlib.import_module(module), func)(model, tokenizer, folder, record)
+            return
     model.save_pretrained(folder, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

@@ -1,9 +1,8 @@
 """Training a shared model through `llmopt distill` keeps the sharing.
 
-`llmopt.outputs.save_checkpoint` does not yet hand shared models to
-`llmopt.share.storage.save_if_shared` (a change requested from its owner);
-until it does, `save_pretrained` refuses the shared tensors, so the test
-installs that hook itself.
+`llmopt.outputs.save_checkpoint` hands a shared model to the sharing stage's
+saver (`save_pretrained` refuses tensors that share memory), so the distilled
+student is written back in the layout it was read in.
 """
 
 from __future__ import annotations
@@ -15,22 +14,8 @@ from llmopt.models import load_model
 from llmopt.share.apply import layout_of
 
 
-@pytest.fixture
-def shared_aware_save(monkeypatch):
-    import llmopt.outputs as outputs
-    from llmopt.share.storage import save_if_shared
-
-    original = outputs.save_checkpoint  # harmless to wrap once the hook has landed there
-
-    def save_checkpoint(model, tokenizer, folder, record):
-        if not save_if_shared(model, tokenizer, folder, record):
-            original(model, tokenizer, folder, record)
-
-    monkeypatch.setattr(outputs, "save_checkpoint", save_checkpoint)
-
-
 @pytest.mark.slow
-def test_distilling_a_shared_model_updates_each_block_once(cli, tmp_path, shared_aware_save):
+def test_distilling_a_shared_model_updates_each_block_once(cli, tmp_path):
     shared = tmp_path / "shared"
     r = cli("share", "tiny-llama", "-k", "2", "--save-format", "shared", "--no-eval", "-o", shared)
     assert r.code == 0, r.err

@@ -204,16 +204,3 @@ def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     setattr(model, STORAGE_ATTR, "shared" if weights.is_file() else "dense")
     model.eval()
     return model
-
-
-def save_if_shared(model: nn.Module, tokenizer, folder: str | Path, record: StageRecord) -> bool:
-    """Save `model` with its sharing kept if it has any; False (nothing written) if not.
-
-    The hook for `llmopt.outputs.save_checkpoint`: a later stage (training,
-    distillation) that loaded a shared model writes it back in the layout it
-    read, instead of `save_pretrained` refusing tensors that share memory.
-    """
-    if layout_of(model) is None:
-        return False
-    save_shared_checkpoint(model, tokenizer, folder, record)
-    return True
