@@ -14,7 +14,7 @@ high-water mark on CPU, max allocated on CUDA) is its own. Validation
 perplexity is the held-out pydoc split (first --eval-tokens tokens, windows of
 --eval-seq-len), before and after. Writes JSON and prints a table.
 
-    .venv/bin/python benchmarks/distill.py                    # a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/distill.py                    # ~35 min on 2 busy shared CPU cores
     .venv/bin/python benchmarks/distill.py --steps 200 --micro-batch-size 16 --seq-len 512
 """
 
@@ -36,16 +36,16 @@ TEACHER = "smollm2-135m"
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=16)
     p.add_argument("--micro-batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loss", default="kl", choices=["kl", "reverse-kl", "jsd"])
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--k", type=int, default=64, help="top-k of the offline cache")
-    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--eval-tokens", type=int, default=2048)
     p.add_argument("--eval-seq-len", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
