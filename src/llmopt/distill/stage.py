@@ -38,7 +38,6 @@ from llmopt.distill.vocab import (
     vocabulary_fingerprint,
 )
 from llmopt.errors import BadInput
-from llmopt.provenance import RECORD_FILE
 from llmopt.train.callbacks import Callback
 from llmopt.train.stage import StageSpec
 from llmopt.train.tracking import METRICS_FILE
@@ -324,13 +323,12 @@ def run_distill_stage(spec: StageSpec, dcfg: DistillConfig) -> dict[str, Any] | 
     check_output(spec.output, spec.overwrite)
     ensure_teacher_cache(spec, dcfg)
     setup = prepare_distillation(spec, dcfg)
-    metrics = run_train_stage(spec, setup.objective, setup.callbacks)
-    if metrics is None:
-        return None
-    extra = {"teacher": setup.teacher_metrics, "distill": setup.summary}
-    extra["distill"]["curve"] = _curve(Path(spec.output) / METRICS_FILE)
-    _amend_record(Path(spec.output), extra)
-    return {**metrics, **extra}
+
+    def finalize(metrics: dict[str, Any], folder: Path) -> None:
+        metrics["teacher"] = setup.teacher_metrics
+        metrics["distill"] = {**setup.summary, "curve": _curve(folder / METRICS_FILE)}
+
+    return run_train_stage(spec, setup.objective, setup.callbacks, finalize=finalize)
 
 
 def _curve(path: Path) -> list[dict[str, float]]:
@@ -339,15 +337,3 @@ def _curve(path: Path) -> list[dict[str, float]]:
     keys = ("step", "loss", "kd", "ce", "hidden")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [{k: row[k] for k in keys if k in row} for row in rows]
-
-
-def _amend_record(folder: Path, extra: dict[str, Any]) -> None:
-    """Add the teacher's measurement and the distillation facts to llmopt.json (atomically)."""
-    path = folder / RECORD_FILE
-    record = json.loads(path.read_text())
-    record["metrics"].update(extra)
-    fd, tmp = tempfile.mkstemp(prefix=".llmopt.", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)

@@ -9,6 +9,7 @@ output only when training finished, and leaves resumable checkpoints and
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,13 @@ def run_train_stage(
     spec: StageSpec,
     objective: Objective | None = None,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
+    finalize: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> dict[str, Any] | None:
     """Train `spec.model` on `spec.data` and write `spec.output` (process 0).
+
+    `finalize(metrics, folder)` lets the caller add its own facts to the
+    record while the output is still the temporary folder, so llmopt.json is
+    complete when the folder appears.
 
     Returns the record's metrics on process 0 (None on the others).
 
@@ -155,6 +161,8 @@ def run_train_stage(
         if spec.evaluation is not None:
             record.metrics["before"] = before
             record.metrics["after"] = _measure(trained, tokenizer, spec.evaluation, folder=tmp)
+        if finalize is not None:
+            finalize(record.metrics, tmp)
         write_record(tmp, record)  # again, now with the measurements
     dist_util.close_world()
     return record.metrics
