@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         stage_spec_from_args,
         trainer_config_from_args,
     )
+    from llmopt.train.stage import preflight
     from llmopt.train.trainer import TrainingInterrupted
 
     config = trainer_config_from_args(args)
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_output(spec.output, spec.overwrite)
         ensure_teacher_cache(spec, dcfg, args.nproc)  # once, before the processes start
-    code = maybe_relaunch(args)
+    # Bad input under --nproc is caught here (exit 2), not as a worker's failure.
+    code = maybe_relaunch(args, preflight=lambda processes: preflight(spec, processes))
     if code is not None:
         return code
     try:
