@@ -86,9 +86,12 @@ def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch
     Takes logits [B, T, V] and unshifted labels [B, T]; computes in fp32 so
     that autocast does not reduce the precision of the log-softmax.
     """
-    targets = shifted_targets(labels)
+    # Shift the labels, not the logits: slicing logits[:, :-1] makes the
+    # flattening copy B*T*V floats (and again in backward); padding the
+    # targets with one ignored position keeps the logits a free view.
+    targets = F.pad(shifted_targets(labels), (0, 1), value=IGNORE_INDEX)
     return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
+        logits.float().reshape(-1, logits.size(-1)),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
