@@ -30,13 +30,15 @@ class CtrlC(Callback):
 
 
 def test_ctrl_c_finishes_the_step_saves_and_stops(tiny_llama, packed_source, tmp_path):
+    # Whatever handled SIGINT before (SIG_IGN in a background job) must be back afterwards.
+    previous = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as stop:
         run_training(
             tiny_llama, _config(steps=5), packed_source(), callbacks=[CtrlC(1)], run_dir=tmp_path
         )
     assert stop.value.step == 2  # step index 1 completed, then the loop stopped
     assert ckpt.read_meta(stop.value.checkpoint)["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) == previous  # handler restored
 
 
 def _params(model) -> torch.Tensor:
