@@ -51,6 +51,24 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-eval", action="store_true", help="skip before/after measurement")
 
 
+def eval_config_from_args(args: argparse.Namespace, positions: int):
+    """The before/after `EvalConfig` from `add_eval_arguments` flags (and `--speed`).
+
+    Raises:
+        BadInput: a flag value is out of range.
+    """
+    from llmopt.config import build
+    from llmopt.evaluate.summary import EvalConfig
+
+    return build(
+        EvalConfig,
+        data=args.eval_data,
+        seq_len=args.eval_seq_len or min(512, positions),
+        max_tokens=args.eval_max_tokens,
+        speed=args.speed,
+    )
+
+
 def human_count(n: float) -> str:
     """134515008 -> '134.52M'."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):

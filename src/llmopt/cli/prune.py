@@ -18,6 +18,7 @@ from llmopt.cli.common import (
     add_eval_arguments,
     add_model_argument,
     add_output_arguments,
+    eval_config_from_args,
     human_bytes,
     print_table,
 )
@@ -108,19 +109,6 @@ def _config(args: argparse.Namespace, positions: int):
     )
 
 
-def _eval_config(args: argparse.Namespace, positions: int):
-    from llmopt.config import build
-    from llmopt.evaluate.summary import EvalConfig
-
-    return build(
-        EvalConfig,
-        data=args.eval_data,
-        seq_len=args.eval_seq_len or min(512, positions),
-        max_tokens=args.eval_max_tokens,
-        speed=args.speed,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from llmopt.errors import BadInput
     from llmopt.evaluate.summary import evaluate_model
@@ -138,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=None if args.offload else device)
     positions = ArchAdapter(model).max_positions
     config = _config(args, positions)
-    eval_config = None if args.no_eval else _eval_config(args, positions)
+    eval_config = None if args.no_eval else eval_config_from_args(args, positions)
     if args.accelerate_2to4:
         check_semi_structured(device, config.parsed_pattern())
         if args.offload:

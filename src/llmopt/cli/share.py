@@ -25,6 +25,7 @@ from llmopt.cli.common import (
     add_eval_arguments,
     add_model_argument,
     add_output_arguments,
+    eval_config_from_args,
     human_bytes,
     human_count,
     print_table,
@@ -82,19 +83,6 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _eval_config(args: argparse.Namespace, positions: int):
-    from llmopt.config import build
-    from llmopt.evaluate.summary import EvalConfig
-
-    return build(
-        EvalConfig,
-        data=args.eval_data,
-        seq_len=args.eval_seq_len or min(512, positions),
-        max_tokens=args.eval_max_tokens,
-        speed=args.speed,
-    )
-
-
 def _measure(model, tokenizer, eval_config, folder: Path | None) -> dict[str, Any]:
     from llmopt.evaluate import checkpoint_bytes, evaluate_model, model_footprint
 
@@ -121,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
-    eval_config = None if args.no_eval else _eval_config(args, ArchAdapter(model).max_positions)
+    positions = ArchAdapter(model).max_positions
+    eval_config = None if args.no_eval else eval_config_from_args(args, positions)
     source = resolve_model(args.model)
     metrics: dict[str, Any] = {
         "before": _measure(
