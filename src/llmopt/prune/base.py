@@ -55,6 +55,20 @@ class Calibration:
     compute_dtype: torch.dtype | None = None
     progress: bool = True
 
+    def run(self, model: nn.Module, handle, label: str) -> None:
+        """Walk `model` block by block with the sequential engine, calling `handle` per block."""
+        from llmopt.calibrate import run_sequential
+
+        run_sequential(
+            model,
+            self.ids,
+            handle,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=progress_printer(label, self.progress),
+            compute_dtype=self.compute_dtype,
+        )
+
 
 class Pruner(Protocol):
     """One pruning method."""

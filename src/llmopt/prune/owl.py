@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmopt.calibrate import BlockStep, run_sequential, watch_inputs
+from llmopt.calibrate import BlockStep, watch_inputs
 from llmopt.models.arch import ArchAdapter, weight_out_in
-from llmopt.prune.base import Calibration, progress_printer
+from llmopt.prune.base import Calibration
 from llmopt.prune.wanda import targeted_groups, wanda_scores
 
 
@@ -68,13 +68,5 @@ def measure_outlier_ratios(
         ]
         ratios[step.index] = outlier_ratio(scores, m)
 
-    run_sequential(
-        model,
-        calib.ids,
-        handle,
-        batch_size=calib.batch_size,
-        device=calib.device,
-        progress=progress_printer("owl", calib.progress),
-        compute_dtype=calib.compute_dtype,
-    )
+    calib.run(model, handle, "owl")
     return ratios

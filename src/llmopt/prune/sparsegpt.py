@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from llmopt.calibrate import BlockStep, run_sequential, watch_inputs
+from llmopt.calibrate import BlockStep, watch_inputs
 from llmopt.errors import BadInput
 from llmopt.models.arch import ArchAdapter, weight_out_in
-from llmopt.prune.base import Calibration, PrunePlan, progress_printer
+from llmopt.prune.base import Calibration, PrunePlan
 from llmopt.prune.masks import Pattern, layer_mask, nm_mask, row_mask
 from llmopt.prune.wanda import feed_until_last, targeted_groups
 
@@ -218,15 +218,7 @@ class SparseGPTPruner:
                 self._prune_group(step.index, chosen, stat.hessian(), plan)
                 stat.xtx = None  # free the Hessian before the next group's walk
 
-        run_sequential(
-            model,
-            calib.ids,
-            handle,
-            batch_size=calib.batch_size,
-            device=calib.device,
-            progress=progress_printer("sparsegpt", calib.progress),
-            compute_dtype=calib.compute_dtype,
-        )
+        calib.run(model, handle, "sparsegpt")
 
     def _prune_group(
         self, index: int, group: dict[str, nn.Module], hessian: torch.Tensor, plan: PrunePlan

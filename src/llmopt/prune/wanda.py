@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from llmopt.calibrate import BlockStep, input_groups, run_sequential, watch_inputs
+from llmopt.calibrate import BlockStep, input_groups, watch_inputs
 from llmopt.models.arch import ArchAdapter, weight_out_in
-from llmopt.prune.base import Calibration, PrunePlan, progress_printer
+from llmopt.prune.base import Calibration, PrunePlan
 from llmopt.prune.masks import apply_mask, choose_mask
 
 if TYPE_CHECKING:
@@ -74,12 +74,4 @@ class WandaPruner:
                         scores = wanda_scores(w, norms)
                         apply_mask(w, choose_mask(scores, sparsity, plan.pattern, plan.scope))
 
-        run_sequential(
-            model,
-            calib.ids,
-            handle,
-            batch_size=calib.batch_size,
-            device=calib.device,
-            progress=progress_printer("wanda", calib.progress),
-            compute_dtype=calib.compute_dtype,
-        )
+        calib.run(model, handle, "wanda")
