@@ -76,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
         eval_config_from_args,
         maybe_relaunch,
         print_train_summary,
+        run_interruptible,
         stage_spec_from_args,
         trainer_config_from_args,
     )
     from llmopt.train.stage import preflight
-    from llmopt.train.trainer import TrainingInterrupted
 
     config = trainer_config_from_args(args)
     dcfg = _distill_config(args)
@@ -94,17 +94,11 @@ def run(args: argparse.Namespace) -> int:
     code = maybe_relaunch(args, preflight=lambda processes: preflight(spec, processes))
     if code is not None:
         return code
-    try:
-        metrics = run_distill_stage(spec, dcfg)
-    except TrainingInterrupted as stop:
-        where = stop.checkpoint or "(no run folder)"
-        print(f"interrupted after step {stop.step}; checkpoint: {where}")
-        print(f"continue with: --resume {where}")
-        return 130
+    code, metrics = run_interruptible(lambda: run_distill_stage(spec, dcfg))
     if metrics is not None:
         print_train_summary(spec, metrics)
         _print_distill(metrics)
-    return 0
+    return code
 
 
 def _print_distill(metrics: dict) -> None:

@@ -36,24 +36,18 @@ def run(args: argparse.Namespace) -> int:
         eval_config_from_args,
         maybe_relaunch,
         print_train_summary,
+        run_interruptible,
         stage_spec_from_args,
         trainer_config_from_args,
     )
     from llmopt.train.stage import preflight, run_train_stage
-    from llmopt.train.trainer import TrainingInterrupted
 
     config = trainer_config_from_args(args)
     spec = stage_spec_from_args(args, config, eval_config_from_args(args, config), stage="train")
     code = maybe_relaunch(args, preflight=lambda processes: preflight(spec, processes))
     if code is not None:
         return code
-    try:
-        metrics = run_train_stage(spec)
-    except TrainingInterrupted as stop:
-        where = stop.checkpoint or "(no run folder)"
-        print(f"interrupted after step {stop.step}; checkpoint: {where}")
-        print(f"continue with: --resume {where}")
-        return 130
+    code, metrics = run_interruptible(lambda: run_train_stage(spec))
     if metrics is not None:
         print_train_summary(spec, metrics)
-    return 0
+    return code

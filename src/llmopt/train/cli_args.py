@@ -8,6 +8,8 @@ torchrun launch of the same command.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -197,3 +199,19 @@ def print_train_summary(spec, metrics: dict) -> None:
     rows.append(("output", spec.output))
     rows.append(("run folder", train["run_dir"]))
     print_table(rows, title=f"{spec.stage} {spec.model} on {spec.data}")
+
+
+def run_interruptible(run_stage: Callable[[], dict[str, Any] | None]) -> tuple[int, Any]:
+    """Run a training stage; on Ctrl-C say where its checkpoint is and how to resume.
+
+    Returns (exit status, the stage's metrics): (130, None) when interrupted.
+    """
+    from llmopt.train.trainer import TrainingInterrupted
+
+    try:
+        return 0, run_stage()
+    except TrainingInterrupted as stop:
+        where = stop.checkpoint or "(no run folder)"
+        print(f"interrupted after step {stop.step}; checkpoint: {where}")
+        print(f"continue with: --resume {where}")
+        return 130, None
