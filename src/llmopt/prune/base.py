@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import torch
 from torch import nn
 
+from llmopt.calibrate import Calibration
 from llmopt.errors import BadInput
 from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.prune.masks import Pattern, check_divisible
@@ -42,32 +42,6 @@ class PrunePlan:
 
     def named_targets(self) -> dict[tuple[int, str], nn.Module]:
         return {(i, name): m for i, group in self.targets.items() for name, m in group.items()}
-
-
-@dataclass
-class Calibration:
-    """Calibration token blocks and how to run them through the engine."""
-
-    ids: torch.Tensor
-    """(samples, seq_len) token ids."""
-    batch_size: int = 8
-    device: torch.device | None = None
-    compute_dtype: torch.dtype | None = None
-    progress: bool = True
-
-    def run(self, model: nn.Module, handle, label: str) -> None:
-        """Walk `model` block by block with the sequential engine, calling `handle` per block."""
-        from llmopt.calibrate import run_sequential
-
-        run_sequential(
-            model,
-            self.ids,
-            handle,
-            batch_size=self.batch_size,
-            device=self.device,
-            progress=progress_printer(label, self.progress),
-            compute_dtype=self.compute_dtype,
-        )
 
 
 class Pruner(Protocol):
@@ -124,17 +98,3 @@ def select_targets(
             f"(names look like {prefix}.0.{adapter.linear_names()[0]})"
         )
     return chosen
-
-
-def progress_printer(label: str, enabled: bool):
-    """A progress(done, total) callback that rewrites one stderr line, or None."""
-    if not enabled:
-        return None
-    import sys
-
-    def report(done: int, total: int) -> None:
-        end = "\n" if done == total else ""
-        sys.stderr.write(f"\r{label}: block {done}/{total}{end}")
-        sys.stderr.flush()
-
-    return report

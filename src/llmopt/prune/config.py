@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from llmopt.config import Fraction01, PositiveInt, StrictModel
+from llmopt.calibrate.data import CalibrationSettings
+from llmopt.config import Fraction01, PositiveInt
 from llmopt.errors import BadInput, did_you_mean
 from llmopt.prune.masks import Pattern, parse_pattern
 
 
-class PruneConfig(StrictModel):
+class PruneConfig(CalibrationSettings):
     """What `llmopt prune` does (one field per flag)."""
 
     method: str
@@ -34,15 +33,6 @@ class PruneConfig(StrictModel):
     """Regex on full linear names ('model.layers.3.mlp.up_proj') to prune; default all."""
     skip: str | None = None
     """Regex of linear names to leave dense."""
-    calib_data: str | None = "pydoc"
-    """Calibration text (data-aware methods and OWL); None for none."""
-    calib_samples: PositiveInt = 128
-    calib_seq_len: int = Field(512, ge=2)
-    calib_batch_size: PositiveInt = 8
-    calib_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Autocast the calibration forwards (statistics and updates stay float32)."""
-    text_field: str = "text"
-    seed: int = 0
     damp: float = Field(0.01, gt=0.0)
     """SparseGPT: dampening as a fraction of the mean Hessian diagonal."""
     blocksize: PositiveInt = 128

@@ -13,14 +13,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from llmopt.errors import BadInput
+from llmopt.calibrate import Calibration, load_calibration
 from llmopt.models.arch import ArchAdapter, weight_out_in
-from llmopt.prune.base import Calibration, PrunePlan, Pruner, select_targets
+from llmopt.prune.base import PrunePlan, Pruner, select_targets
 from llmopt.prune.config import PruneConfig, check_config
 from llmopt.prune.owl import measure_outlier_ratios, owl_sparsities
 from llmopt.prune.registry import PRUNERS
-
-COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -59,31 +57,6 @@ class PruneResult:
         return asdict(self)
 
 
-def _calibration(
-    config: PruneConfig, tokenizer, model: nn.Module, device: torch.device | None, progress: bool
-) -> Calibration:
-    from llmopt.data.corpus import load_corpus
-    from llmopt.data.packing import calibration_blocks
-
-    if config.calib_data is None:
-        why = "--owl" if config.owl else f"--method {config.method}"
-        raise BadInput(f"{why} needs calibration data; --calib-data none was given")
-    positions = ArchAdapter(model).max_positions
-    if config.calib_seq_len > positions:
-        raise BadInput(
-            f"--calib-seq-len {config.calib_seq_len}: the model has {positions} positions"
-        )
-    corpus = load_corpus(config.calib_data, tokenizer, split="train", text_field=config.text_field)
-    ids = calibration_blocks(corpus.ids, config.calib_samples, config.calib_seq_len, config.seed)
-    return Calibration(
-        ids=ids,
-        batch_size=config.calib_batch_size,
-        device=device,
-        compute_dtype=COMPUTE_DTYPES[config.calib_dtype],
-        progress=progress,
-    )
-
-
 def prepare_pruning(
     model: nn.Module,
     tokenizer,
@@ -111,7 +84,10 @@ def prepare_pruning(
         threshold=config.threshold,
     )
     needs_data = pruner.needs_calibration or config.owl
-    calib = _calibration(config, tokenizer, model, device, progress) if needs_data else None
+    calib = None
+    if needs_data:
+        why = f"--method {config.method}" if pruner.needs_calibration else "--owl"
+        calib = load_calibration(config, tokenizer, model, device, progress, why)
     return PreparedPrune(config, pruner, plan, calib)
 
 
