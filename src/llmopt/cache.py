@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from llmopt.outputs import staged_output
 
 
 def cache_root() -> Path:
@@ -45,11 +45,6 @@ def build_once(dest: Path, build: Callable[[Path], None]) -> Path:
     with file_lock(dest.parent / f".{dest.name}.lock"):
         if dest.is_dir():  # another process finished it while we waited
             return dest
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
+        with staged_output(dest) as tmp:
             build(tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return dest

@@ -9,8 +9,6 @@ the last folder of a pipeline tells the whole story.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmopt.errors import BadInput
-
-RECORD_FILE = "llmopt.json"
+from llmopt.outputs import RECORD_FILE, write_text_atomic
 
 
 @dataclass
@@ -36,6 +33,8 @@ class StageRecord:
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     wall_time_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    """Every file the stage wrote into its folder (so --overwrite knows what is llmopt's)."""
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,15 +47,20 @@ def read_record(folder: str | Path) -> dict[str, Any] | None:
     """The record in `folder`, or None if it has none.
 
     Raises:
-        BadInput: the file exists but is not valid JSON.
+        BadInput: the file exists but is not a JSON object.
     """
     path = Path(folder) / RECORD_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise BadInput(f"{path}: corrupt ({err.msg} at line {err.lineno})") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise BadInput(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: corrupt (not a JSON object)")
+    return data
 
 
 def start_record(
@@ -81,13 +85,8 @@ def start_record(
 def write_record(folder: str | Path, record: StageRecord) -> Path:
     """Write `record` (with its wall time filled in) atomically into `folder`."""
     record.wall_time_s = round(time.perf_counter() - record._t0, 3)
-    path = Path(folder) / RECORD_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".llmopt.", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record.to_dict(), handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(record.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+    return write_text_atomic(Path(folder) / RECORD_FILE, text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,11 +27,11 @@ class CalibrationSettings(StrictModel):
     """Where calibration text comes from and how it runs through the model."""
 
     calib_data: str | None = "pydoc"
-    """Calibration text (its training split); None: no calibration data."""
+    """Calibration text (its training split); none: no calibration data."""
     calib_samples: PositiveInt = 128
     """Token blocks sampled from the calibration text."""
-    calib_seq_len: int = Field(512, ge=2)
-    """Tokens per block (clipped to the model's positions when not given)."""
+    calib_seq_len: int | None = Field(None, ge=2)
+    """Tokens per block (default: 512, or the model's positions if fewer)."""
     calib_batch_size: PositiveInt = 8
     """Blocks per forward pass."""
     calib_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -97,16 +97,13 @@ def load_calibration(
     if settings.calib_data is None:
         raise BadInput(f"{why} needs calibration data; --calib-data none was given")
     positions = ArchAdapter(model).max_positions
-    if settings.calib_seq_len > positions:
-        raise BadInput(
-            f"--calib-seq-len {settings.calib_seq_len}: the model has {positions} positions"
-        )
+    seq_len = settings.calib_seq_len or min(512, positions)
+    if seq_len > positions:
+        raise BadInput(f"--calib-seq-len {seq_len}: the model has {positions} positions")
     corpus = load_corpus(
         settings.calib_data, tokenizer, split="train", text_field=settings.text_field
     )
-    ids = calibration_blocks(
-        corpus.ids, settings.calib_samples, settings.calib_seq_len, settings.seed
-    )
+    ids = calibration_blocks(corpus.ids, settings.calib_samples, seq_len, settings.seed)
     return Calibration(
         ids=ids,
         batch_size=settings.calib_batch_size,

@@ -1,8 +1,11 @@
-"""The `llmopt` command: one module per verb, each with `add_arguments` and `run`.
+"""The `llmopt` command.
 
-The CLI is thin: it parses, builds a config, calls the library, prints. Exit
-status: 0 success, 2 bad input (one line naming the bad value), 1 failure
-(one line; set LLMOPT_DEBUG=1 for the traceback), 130 interrupted.
+Verbs that run a stage (eval, prune, share, train, distill, ...) are generated
+from the stage registry (`llmopt.cli.stages`): their flags come from the stage's
+config. The other verbs (run, report, demo, ...) are one module each, with
+`add_arguments` and `run`. The CLI is thin: it parses, calls the library,
+prints. Exit status: 0 success, 2 bad input (one line naming the bad value), 1
+failure (one line; set LLMOPT_DEBUG=1 for the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,16 +18,20 @@ from collections.abc import Sequence
 
 from llmopt.errors import BadInput
 
-# Verbs in the order `llmopt --help` lists them; each is the module llmopt.cli.<verb>.
+# Verbs in the order `llmopt --help` lists them: a registered stage, or the module
+# llmopt.cli.<verb>.
 VERBS: tuple[str, ...] = (
     "eval",
     "prune",
     "slim",
+    "quantize",
     "share",
     "train",
     "distill",
+    "export",
     "run",
     "report",
+    "auto",
     "demo",
 )
 
@@ -57,7 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmopt {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
+    from llmopt.cli.stages import add_stage_arguments, run_stage_verb
+    from llmopt.pipeline.registry import STAGES
+
     for name in VERBS:
+        if name in STAGES:
+            cls = STAGES[name]
+            doc = sys.modules[cls.__module__].__doc__
+            sub = verbs.add_parser(name, help=cls.help, description=doc)
+            add_stage_arguments(sub, cls)
+            sub.set_defaults(run=lambda args, cls=cls: run_stage_verb(cls, args))
+            continue
         module = _verb_module(name)
         if module is None:
             continue
@@ -69,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `llmopt` console script; returns the exit status."""
+    if os.environ.get("LLMOPT_DEBUG"):  # `kill -USR1 PID` prints where a stuck run is
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     from llmopt.models.compat import quiet_transformers
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import math
 from typing import Literal
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from llmopt.cache import cache_root
 from llmopt.data.packing import TokenizedCorpus, split_documents, tokenize_documents
 from llmopt.data.sources import load_documents
 from llmopt.errors import BadInput
+from llmopt.outputs import write_file_atomic
 
 Split = Literal["train", "validation", "all"]
 
@@ -55,10 +56,19 @@ def load_corpus(
 ) -> TokenizedCorpus:
     """Read, split and tokenise a data source (through the cache).
 
+    Documents are split whole (a seeded `val_fraction` of them is validation);
+    a source that is one document is split by tokens instead (its last
+    `val_fraction` is validation).
+
     Raises:
         BadInput: the source is bad, or the chosen split has no documents.
     """
     docs = load_documents(data, text_field=text_field)
+    if split != "all" and len(docs) == 1:
+        # One long document (a book, a log): split its tokens, not documents, so the
+        # user's text is both trainable and evaluable, and the two never overlap.
+        whole = _tokenized(docs, tokenizer, use_cache)
+        return split_tokens(whole, val_fraction, split)
     if split != "all":
         train, val = split_documents(docs, val_fraction=val_fraction, seed=seed)
         docs = train if split == "train" else val
@@ -66,6 +76,25 @@ def load_corpus(
             raise BadInput(
                 f"{data}: the {split} split is empty ({len(train) + len(val)} documents)"
             )
+    return _tokenized(docs, tokenizer, use_cache)
+
+
+def split_tokens(corpus: TokenizedCorpus, val_fraction: float, split: str) -> TokenizedCorpus:
+    """The first (train) or last (validation) part of a one-document corpus, cut by tokens.
+
+    Raises:
+        BadInput: the document is too short to give each side two tokens.
+    """
+    n = len(corpus)
+    n_val = math.ceil(val_fraction * n)
+    if n_val < 2 or n - n_val < 2:
+        raise BadInput(f"one document of {n} tokens is too short to split into train/validation")
+    ids = corpus.ids[: n - n_val] if split == "train" else corpus.ids[n - n_val :]
+    return TokenizedCorpus(ids=ids.clone(), offsets=torch.tensor([0, ids.numel()]))
+
+
+def _tokenized(docs: list[str], tokenizer, use_cache: bool) -> TokenizedCorpus:
+    """Tokenise `docs` through the on-disk cache (keyed by content and tokenizer)."""
     key = hashlib.sha256(
         f"{documents_fingerprint(docs)}:{tokenizer_fingerprint(tokenizer)}".encode()
     ).hexdigest()[:32]
@@ -76,8 +105,6 @@ def load_corpus(
     corpus = tokenize_documents(docs, tokenizer)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=path.parent)
-        os.close(fd)
-        save_file({"ids": corpus.ids, "offsets": corpus.offsets}, tmp)
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        tensors = {"ids": corpus.ids, "offsets": corpus.offsets}
+        write_file_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
     return corpus

@@ -1,4 +1,4 @@
-"""`DistillConfig`: the distillation knobs of `llmopt distill` (the trainer's are `TrainConfig`)."""
+"""`DistillConfig`: what `llmopt distill` does: the training stage's knobs plus the teacher's."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from llmopt.config import PositiveInt, StrictModel
+from llmopt.config import PositiveInt
 from llmopt.distill.losses import DEFAULT_CHUNK_TOKENS
+from llmopt.train.stage import TrainStageConfig
 
 
-class DistillConfig(StrictModel):
-    """What to distil from, and with which loss."""
+class DistillConfig(TrainStageConfig):
+    """What to distil from, with which loss, and how to train (every `train` key applies)."""
 
     teacher: str | None = None
     """Teacher model spec; may be omitted when --cache-teacher names an existing cache."""

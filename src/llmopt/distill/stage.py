@@ -1,18 +1,16 @@
-"""The distillation stage: a training stage whose objective is `DistillObjective`.
+"""The distillation stage: the training stage with `DistillObjective` as its objective.
 
 Order matters for the user: every check that can fail on bad input (output
 folder, vocabularies, layer map, cache compatibility) runs before any model
 is trained; the offline cache is made once, in a single process, before
-`--nproc` relaunches the command, so every training process reads the same
-finished cache.
+`nproc` workers start, so every training process reads the same finished
+cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +36,12 @@ from llmopt.distill.vocab import (
     vocabulary_fingerprint,
 )
 from llmopt.errors import BadInput
+from llmopt.outputs import staged_output
+from llmopt.stage import ModelSource, StageContext, StageResult
 from llmopt.train.callbacks import Callback
-from llmopt.train.stage import StageSpec
+from llmopt.train.stage import TrainStage
 from llmopt.train.tracking import METRICS_FILE
+from llmopt.units import human_bytes
 
 
 def _model_config(spec: str):
@@ -54,46 +55,26 @@ def _model_config(spec: str):
         raise BadInput(f"{spec}: cannot read its config ({err})") from None
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _needed_rows(spec: StageSpec, num_rows: int, world_size: int) -> list[int]:
-    cfg = spec.config
+def _needed_rows(cfg: DistillConfig, num_rows: int, world_size: int) -> list[int]:
     per_step = cfg.micro_batch_size * cfg.grad_accum * world_size
     return visited_rows(num_rows, per_step, cfg.steps, cfg.seed)
 
 
-def _training_rows(spec: StageSpec, tokenizer) -> list[torch.Tensor]:
+def _training_rows(cfg: DistillConfig, tokenizer) -> list[torch.Tensor]:
     from llmopt.train.data import build_source
 
-    cfg = spec.config
-    return build_source(spec.data, tokenizer, cfg.seq_len, cfg.pack, cfg.seed, spec.text_field).rows
+    return build_source(cfg.data, tokenizer, cfg.seq_len, cfg.pack, cfg.seed, cfg.text_field).rows
 
 
-def _measure_teacher(teacher, tokenizer, spec: StageSpec) -> dict[str, Any] | None:
-    from llmopt.evaluate.summary import evaluate_model
-
-    if spec.evaluation is None:
-        return None
-    return evaluate_model(teacher, tokenizer, spec.evaluation)
-
-
-def _precision(spec: StageSpec):
-    from llmopt.runtime import pick_device
+def _precision(cfg: DistillConfig, device: torch.device):
     from llmopt.train.precision import Precision, resolve_precision
 
-    device = pick_device(spec.config.device)
-    return Precision(resolve_precision(spec.config.precision, device), device)
+    return Precision(resolve_precision(cfg.precision, device), device)
 
 
-def _load_teacher(dcfg: DistillConfig, student_tokenizer, student_config):
+def _load_teacher(dcfg: DistillConfig, student_tokenizer, student_config, load_model):
     """The teacher model (fp32, on the CPU), its tokenizer, and the shared vocabulary size."""
-    from llmopt.models import load_model, load_tokenizer
+    from llmopt.models import load_tokenizer
 
     if dcfg.teacher is None:
         raise BadInput("--teacher is required (unless --cache-teacher names a finished cache)")
@@ -105,16 +86,14 @@ def _load_teacher(dcfg: DistillConfig, student_tokenizer, student_config):
     return load_model(dcfg.teacher), tokenizer, vocab
 
 
-def ensure_teacher_cache(
-    spec: StageSpec, dcfg: DistillConfig, world_size: int | None = None
-) -> Path | None:
-    """Make the offline cache if `--cache-teacher` names a folder without one.
+def ensure_teacher_cache(cfg: DistillConfig, ctx: StageContext) -> Path | None:
+    """Make the offline cache if `cache_teacher` names a folder without one.
 
     Only the rows that a run of this many steps, rows per step and seed
-    visits are stored (`world_size` processes; default: this launch's).
-    Returns the cache folder (None without `--cache-teacher`). The cache is
-    written into a temporary sibling and renamed, so an interrupted run leaves
-    no half cache that a later run would trust.
+    visits are stored (`ctx.processes` processes). Returns the cache folder
+    (None without a cache). The cache is written into a temporary sibling and
+    renamed (`staged_output`), so an interrupted run leaves no half cache that a
+    later run would trust.
 
     Raises:
         BadInput: the folder holds something else, the vocabularies differ, or a
@@ -122,9 +101,9 @@ def ensure_teacher_cache(
     """
     from llmopt.models import load_tokenizer
 
-    if dcfg.cache_teacher is None:
+    if cfg.cache_teacher is None:
         return None
-    folder = Path(dcfg.cache_teacher).expanduser()
+    folder = Path(cfg.cache_teacher).expanduser()
     if read_cache_meta(folder) is not None:
         return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -134,64 +113,34 @@ def ensure_teacher_cache(
             f"--cache-teacher {folder}: no cache yet; make it with one process first "
             "(the same command without torchrun; --nproc makes it before launching)"
         )
-    student_tokenizer = load_tokenizer(spec.model)
+    student_tokenizer = load_tokenizer(ctx.source.spec)
     teacher, teacher_tokenizer, vocab = _load_teacher(
-        dcfg, student_tokenizer, _model_config(spec.model)
+        cfg, student_tokenizer, ctx.source.hf_config, ctx.load_model
     )
-    rows = _training_rows(spec, student_tokenizer)
-    precision = _precision(spec)
+    rows = _training_rows(cfg, student_tokenizer)
+    precision = _precision(cfg, ctx.device)
     freeze_teacher(teacher, precision.device, None)
-    teacher_metrics = _measure_teacher(teacher, teacher_tokenizer, spec)
+    teacher_metrics = ctx.measure(teacher, teacher_tokenizer)
     freeze_teacher(teacher, precision.device, precision.dtype)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with staged_output(folder) as tmp:
         build_teacher_cache(
             teacher,
             rows,
             tmp,
-            indices=_needed_rows(spec, len(rows), world_size or _world_size()),
-            teacher_name=dcfg.teacher,
-            k=dcfg.cache_k,
-            temperature=dcfg.temperature,
+            indices=_needed_rows(cfg, len(rows), ctx.processes),
+            teacher_name=cfg.teacher,
+            k=cfg.cache_k,
+            temperature=cfg.temperature,
             vocab_size=vocab,
             vocab_fingerprint=vocabulary_fingerprint(teacher_tokenizer),
             pad_id=student_tokenizer.pad_token_id,
-            batch_size=dcfg.cache_batch_size,
-            progress=spec.config.progress,
+            batch_size=cfg.cache_batch_size,
+            progress=cfg.progress,
             autocast=precision.autocast,
             teacher_metrics=teacher_metrics,
         )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        folder.rmdir()  # checked empty above
-    os.replace(tmp, folder)
     return folder
-
-
-class AverageExtraGradients(Callback):
-    """All-reduce the objective's own parameters' gradients across processes.
-
-    DDP/FSDP synchronise only the model's gradients; the hidden-state
-    projections live outside the model, so without this every process would
-    train its own projection on its own shard of the data.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter]):
-        self.params = params
-
-    def after_backward(self, trainer) -> None:
-        """Average the gradients over processes (a no-op in a single process)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        for p in self.params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(dist.get_world_size())
 
 
 @dataclass
@@ -220,16 +169,13 @@ def _hidden_loss(dcfg: DistillConfig, student_config, teacher_config) -> HiddenS
     )
 
 
-def prepare_distillation(spec: StageSpec, dcfg: DistillConfig) -> DistillSetup:
+def prepare_distillation(dcfg: DistillConfig, ctx: StageContext, student_tokenizer) -> DistillSetup:
     """Check the inputs and build the objective (online teacher or cache).
 
     Raises:
         BadInput: vocabulary mismatch, bad layer map, incompatible cache, missing teacher.
     """
-    from llmopt.models import load_tokenizer
-
-    student_tokenizer = load_tokenizer(spec.model)
-    student_config = _model_config(spec.model)
+    student_config = ctx.source.hf_config
     loss = LossSpec(
         divergence=dcfg.loss,
         temperature=dcfg.temperature,
@@ -248,25 +194,25 @@ def prepare_distillation(spec: StageSpec, dcfg: DistillConfig) -> DistillSetup:
     if folder is not None:
         if dcfg.hidden_loss is not None:
             raise BadInput("--hidden-loss needs the online teacher (the cache holds no states)")
-        cache = _open_cache(folder, spec, dcfg, student_tokenizer, student_config)
+        cache = _open_cache(folder, dcfg, ctx, student_tokenizer, student_config)
         summary |= {"teacher": cache.meta.teacher, "source": "cache", "cache": _cache_facts(cache)}
         objective = DistillObjective(loss, cache.meta.vocab_size, cache=cache)
         return DistillSetup(objective, [], cache.meta.teacher_metrics, summary)
-    teacher, teacher_tokenizer, vocab = _load_teacher(dcfg, student_tokenizer, student_config)
+    teacher, teacher_tokenizer, vocab = _load_teacher(
+        dcfg, student_tokenizer, student_config, ctx.load_model
+    )
     # Seeded: every process (and every rerun) must start from the same projections,
     # which live outside the model and so are not broadcast by DDP/FSDP.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.config.seed)
+        torch.manual_seed(dcfg.seed)
         hidden = _hidden_loss(dcfg, student_config, teacher.config)
-    teacher_metrics = None
-    if _is_main_process():
-        teacher_metrics = _measure_teacher(teacher, teacher_tokenizer, spec)
+    teacher_metrics = ctx.measure(teacher, teacher_tokenizer) if ctx.is_main else None
     objective = DistillObjective(
         loss, vocab, teacher=teacher, hidden=hidden, hidden_weight=dcfg.hidden_weight
     )
+    # The projections' gradients are averaged over processes by the trainer itself
+    # (objective-owned parameters), like the model's.
     callbacks: list[Callback] = []
-    if objective.extra_parameters():
-        callbacks.append(AverageExtraGradients(objective.extra_parameters()))
     summary |= {"source": "online", "vocab_size": vocab}
     if hidden is not None:
         summary |= {
@@ -279,7 +225,7 @@ def prepare_distillation(spec: StageSpec, dcfg: DistillConfig) -> DistillSetup:
 
 
 def _open_cache(
-    folder: Path, spec: StageSpec, dcfg: DistillConfig, student_tokenizer, student_config
+    folder: Path, dcfg: DistillConfig, ctx: StageContext, student_tokenizer, student_config
 ) -> TeacherCache:
     meta = read_cache_meta(folder)
     if meta is None:
@@ -289,8 +235,8 @@ def _open_cache(
             f"--cache-teacher {folder}: made from {meta.teacher!r}, not {dcfg.teacher!r}"
         )
     check_cached_vocabulary(student_tokenizer, meta.vocab_fingerprint, student_config.vocab_size)
-    rows = _training_rows(spec, student_tokenizer)
-    needed = _needed_rows(spec, len(rows), _world_size())
+    rows = _training_rows(dcfg, student_tokenizer)
+    needed = _needed_rows(dcfg, len(rows), ctx.processes)
     return open_cache_for(folder, rows, dcfg.temperature, meta.vocab_fingerprint, needed)
 
 
@@ -310,25 +256,80 @@ def _cache_facts(cache: TeacherCache) -> dict[str, Any]:
     }
 
 
-def run_distill_stage(spec: StageSpec, dcfg: DistillConfig) -> dict[str, Any] | None:
-    """Distil into `spec.model` and write `spec.output`; returns the metrics on process 0.
+class DistillStage(TrainStage):
+    """Knowledge distillation: the training stage with a teacher's distribution as target."""
 
-    Raises:
-        BadInput: any bad input, found before training starts.
-        TrainingInterrupted: Ctrl-C (a checkpoint was saved in the run folder).
-    """
-    from llmopt.outputs import check_output
-    from llmopt.train.stage import run_train_stage
+    name = "distill"
+    help = "distil a teacher into a student (KL / reverse KL / JSD, hidden states, top-k cache)"
+    config_class = DistillConfig
 
-    check_output(spec.output, spec.overwrite)
-    ensure_teacher_cache(spec, dcfg)
-    setup = prepare_distillation(spec, dcfg)
+    config: DistillConfig
+    setup: DistillSetup | None = None
 
-    def finalize(metrics: dict[str, Any], folder: Path) -> None:
-        metrics["teacher"] = setup.teacher_metrics
-        metrics["distill"] = {**setup.summary, "curve": _curve(folder / METRICS_FILE)}
+    def check(self, source: ModelSource) -> None:
+        """The training checks, and the combinations of teacher, cache and hidden states."""
+        super().check(source)
+        cfg = self.config
+        if cfg.layer_map is not None and cfg.hidden_loss is None:
+            raise BadInput("--layer-map needs --hidden-loss mse|cosine")
+        if cfg.cache_teacher is not None:
+            folder = Path(cfg.cache_teacher).expanduser()
+            if cfg.hidden_loss is not None:
+                raise BadInput("--hidden-loss needs the online teacher (the cache holds no states)")
+            exists = read_cache_meta(folder) is not None
+            if not exists and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                raise BadInput(f"--cache-teacher {folder}: exists and is not a teacher cache")
+            if not exists and cfg.teacher is None:
+                raise BadInput("--teacher is required to make the cache --cache-teacher names")
+        elif cfg.teacher is None:
+            raise BadInput("--teacher is required (unless --cache-teacher names a finished cache)")
 
-    return run_train_stage(spec, setup.objective, setup.callbacks, finalize=finalize)
+    def before_launch(self, ctx: StageContext) -> None:
+        """Check the data, then make the teacher cache once, before the workers start."""
+        super().before_launch(ctx)
+        ensure_teacher_cache(self.config, ctx)
+
+    def objective(self, model, tokenizer, ctx: StageContext):
+        ensure_teacher_cache(self.config, ctx)
+        self.setup = prepare_distillation(self.config, ctx, tokenizer)
+        return self.setup.objective, self.setup.callbacks
+
+    def finalize(self, model, folder: Path, result: StageResult) -> None:
+        """Add the teacher's measurement and the loss curves to the record."""
+        super().finalize(model, folder, result)
+        assert self.setup is not None
+        result.metrics["teacher"] = self.setup.teacher_metrics
+        result.metrics["distill"] = {**self.setup.summary, "curve": _curve(folder / METRICS_FILE)}
+
+    def summary(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+        rows = super().summary(record)
+        metrics = record["metrics"]
+        info = metrics["distill"]
+        rows.append(("teacher", f"{info['teacher']} ({info['source']})"))
+        loss = f"{info['loss']}, T={info['temperature']}, alpha={info['alpha']}"
+        if info.get("beta") is not None:
+            loss += f", beta={info['beta']}"
+        rows.append(("loss", loss))
+        if info.get("hidden_loss"):
+            rows.append(
+                ("hidden", f"{info['hidden_loss']} x{info['hidden_weight']} on {info['layer_map']}")
+            )
+        if metrics.get("teacher"):
+            rows.append(("teacher perplexity", f"{metrics['teacher']['perplexity']:.3f}"))
+        curve = info.get("curve") or []
+        if curve and "kd" in curve[-1]:
+            rows.append(("final kd / ce", f"{curve[-1]['kd']:.4f} / {curve[-1]['ce']:.4f}"))
+        if "cache" in info:
+            c = info["cache"]
+            rows.append(
+                (
+                    "teacher cache",
+                    f"k={c['k']}, {human_bytes(c['disk_bytes'])}, "
+                    f"{c['bytes_per_token']:.0f} B/token, "
+                    f"{100 * (c['mass_outside_topk'] or 0):.1f}% of the mass outside the top k",
+                )
+            )
+        return rows
 
 
 def _curve(path: Path) -> list[dict[str, float]]:

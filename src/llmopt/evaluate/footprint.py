@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmopt.models.tensors import storage_key
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".npz")
 
 
@@ -34,18 +36,13 @@ class Footprint:
         return {**asdict(self), "sparsity": self.sparsity}
 
 
-def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
-    # Two parameters are the same memory when they view the same bytes the same way.
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-
-
 def model_footprint(model: nn.Module) -> Footprint:
     """Count total, unique and non-zero parameters of a model."""
     total = 0
     seen: dict[tuple, torch.Tensor] = {}
     for _, param in model.named_parameters(remove_duplicate=False):
         total += param.numel()
-        seen.setdefault(_storage_key(param), param)
+        seen.setdefault(storage_key(param), param)
     unique = sum(p.numel() for p in seen.values())
     nonzero = sum(int(torch.count_nonzero(p.detach())) for p in seen.values())
     nbytes = sum(p.numel() * p.element_size() for p in seen.values())

@@ -11,6 +11,7 @@ from llmopt.config import StrictModel
 from llmopt.data.corpus import load_corpus
 from llmopt.evaluate.footprint import checkpoint_bytes, model_footprint
 from llmopt.evaluate.perplexity import evaluate_perplexity
+from llmopt.evaluate.sample import SAMPLE_PROMPT, sample_continuation
 from llmopt.evaluate.speed import measure_speed
 
 
@@ -32,6 +33,8 @@ class EvalConfig(StrictModel):
     speed_batch: int = Field(1, ge=1)
     speed_seq_len: int = Field(128, ge=1)
     decode_tokens: int = Field(16, ge=0)
+    sample_tokens: int = Field(0, ge=0)
+    """Also greedy-decode this many tokens after a fixed prompt (0: none)."""
     progress: bool = True
 
 
@@ -70,4 +73,9 @@ def evaluate_model(
             decode_tokens=config.decode_tokens,
         )
         metrics.update(speed.as_dict())
+    if config.sample_tokens:
+        metrics["sample_prompt"] = SAMPLE_PROMPT
+        metrics["sample"] = sample_continuation(
+            model, tokenizer, SAMPLE_PROMPT, config.sample_tokens
+        )
     return metrics

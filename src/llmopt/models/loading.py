@@ -2,15 +2,13 @@
 
 Ordinary checkpoints load with plain transformers. Folders written in one of
 llmopt's compact formats (a sparse or a shared-layer checkpoint) say so in
-their `llmopt.json` (`"format": NAME`); they are rebuilt by the loader that
-the technique registers in `FORMAT_LOADERS`.
+their `llmopt.json` (`"format": NAME`); `load_model` here refuses them, and
+`llmopt.load_model` (`llmopt.pipeline.formats.load_checkpoint`), which knows
+every technique's format, reads them.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,13 +17,6 @@ from safetensors import SafetensorError
 from llmopt.cache import build_once, cache_root
 from llmopt.errors import BadInput, did_you_mean
 from llmopt.models.zoo import ZOO
-
-# format name -> "module:function" taking (folder, dtype) and returning a model.
-# Named lazily so that loading never imports a technique it does not need.
-FORMAT_LOADERS: dict[str, str] = {
-    "sparse": "llmopt.prune.storage:load_sparse_model",
-    "shared": "llmopt.share.apply:load_shared_model",
-}
 
 
 def resolve_model(spec: str) -> Path | str:
@@ -55,22 +46,28 @@ def resolve_model(spec: str) -> Path | str:
 
 
 def _format_of(folder: Path) -> str:
-    record = folder / "llmopt.json"
-    if not record.is_file():
-        return "dense"
+    from llmopt.provenance import read_record
+
+    record = read_record(folder)
+    return str((record or {}).get("format", "dense"))
+
+
+def empty_model(config, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A causal LM of `config` whose every weight is about to be overwritten.
+
+    Random initialisation is skipped (seconds for a 100M model on a CPU); the
+    embedding tie, which that initialisation would have made, is made here.
+    """
+    from transformers import AutoModelForCausalLM
+
     try:
-        return str(json.loads(record.read_text()).get("format", "dense"))
-    except json.JSONDecodeError as err:
-        raise BadInput(f"{record}: corrupt llmopt.json ({err})") from None
-
-
-def _format_loader(name: str) -> Callable[[Path, torch.dtype], torch.nn.Module]:
-    if name not in FORMAT_LOADERS:
-        raise BadInput(
-            f"unknown checkpoint format {name!r}; known: dense, {', '.join(FORMAT_LOADERS)}"
-        )
-    module, _, func = FORMAT_LOADERS[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    return model
 
 
 def load_model(
@@ -95,11 +92,12 @@ def load_model(
     where = resolve_model(str(spec))
     try:
         if isinstance(where, Path) and (fmt := _format_of(where)) != "dense":
-            model = _format_loader(fmt)(where, dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                where, dtype=dtype, trust_remote_code=trust_remote_code
+            raise BadInput(
+                f"{spec}: stored in llmopt's {fmt!r} format; load it with llmopt.load_model"
             )
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=dtype, trust_remote_code=trust_remote_code
+        )
     except BadInput:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:

@@ -8,13 +8,14 @@ from llmopt.calibrate.data import CalibrationSettings
 from llmopt.config import Fraction01, PositiveInt
 from llmopt.errors import BadInput, did_you_mean
 from llmopt.prune.masks import Pattern, parse_pattern
+from llmopt.stage import StageConfig
 
 
-class PruneConfig(CalibrationSettings):
-    """What `llmopt prune` does (one field per flag)."""
+class PruneConfig(StageConfig, CalibrationSettings):
+    """What `llmopt prune` does: one field per flag, recipe key and keyword."""
 
     method: str
-    """A name in `llmopt.prune.PRUNERS`: magnitude, wanda, sparsegpt."""
+    """magnitude, wanda or sparsegpt."""
     sparsity: Fraction01 | None = None
     """Fraction of each selected layer's weights to zero (implied by an N:M pattern)."""
     threshold: float | None = Field(None, ge=0.0)
@@ -37,6 +38,10 @@ class PruneConfig(CalibrationSettings):
     """SparseGPT: dampening as a fraction of the mean Hessian diagonal."""
     blocksize: PositiveInt = 128
     """SparseGPT: columns whose masks are chosen together."""
+    offload: bool = False
+    """Keep the model in CPU memory; only the block being calibrated visits the device."""
+    accelerate_2to4: bool = False
+    """CUDA + 2:4: measure the pruned model with semi-structured sparse kernels."""
 
     def parsed_pattern(self) -> Pattern:
         return parse_pattern(self.pattern)

@@ -14,9 +14,9 @@ At 50% sparsity a float32 weight costs 1 + 16 bits per element instead of 32;
 a 2:4 weight costs the same as 2:4 values plus 2-bit indices (1 bit/element).
 Tensors that share storage (a tied head) are written once and re-tied.
 
-`load_sparse_model` is registered in `llmopt.models.loading.FORMAT_LOADERS`,
-so `llmopt.models.load_model(folder)` reads these folders; plain transformers
-does not.
+`SPARSE` is the registered format (`llmopt.pipeline.formats`), so
+`llmopt.load_model(folder)` and every stage read these folders; plain
+transformers does not.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ import torch
 from torch import nn
 
 from llmopt.errors import BadInput
+from llmopt.formats import CheckpointFormat
+from llmopt.models.loading import empty_model
+from llmopt.models.tensors import unique_state
 
 WEIGHTS_FILE = "sparse_model.safetensors"
 MASK, VALUES = "::bitmask", "::values"
@@ -64,21 +67,6 @@ def decode(bitmask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> tor
     return dense.view(shape)
 
 
-def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    # Tied parameters share storage; store the first name and remember the aliases.
-    seen: dict[tuple, str] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    for name, t in model.state_dict(keep_vars=False).items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            tensors[name] = t
-    return tensors, aliases
-
-
 def save_sparse_model(model: nn.Module, folder: str | Path) -> dict[str, int]:
     """Write `config.json` and the sparse weights file into `folder`.
 
@@ -89,7 +77,7 @@ def save_sparse_model(model: nn.Module, folder: str | Path) -> dict[str, int]:
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tensors, aliases = _unique_state(model)
+    tensors, aliases = unique_state(model)
     out: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for name, t in tensors.items():
@@ -141,26 +129,16 @@ def read_sparse_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _no_init_weights():
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
-
-
 def load_sparse_model(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild the dense model of a sparse checkpoint folder, in eval mode.
 
     Raises:
         BadInput: the folder's weights do not match its config.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
-    with _no_init_weights():  # every stored tensor is overwritten: skip random init
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.tie_weights()  # tying is part of the init that was skipped
+    model = empty_model(config, dtype)
     state = {
         k: v.to(dtype) if v.is_floating_point() else v for k, v in read_sparse_state(folder).items()
     }
@@ -169,3 +147,15 @@ def load_sparse_model(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Mo
         bad = (unexpected or missing)[0]
         raise BadInput(f"{folder}: sparse checkpoint does not match its config (tensor {bad!r})")
     return model.eval()
+
+
+def _save(model: nn.Module, folder: Path, requested: str | None) -> tuple[str, dict[str, int]]:
+    return "sparse", save_sparse_model(model, folder)
+
+
+SPARSE = CheckpointFormat(
+    name="sparse",
+    description="bitmask + non-zero values: a pruned model really smaller on disk",
+    save=_save,
+    load=load_sparse_model,
+)

@@ -19,7 +19,6 @@ from where `llmopt.share.storage` writes and restores it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -246,17 +245,3 @@ def tie_embeddings(model: nn.Module) -> bool:
     head.weight = embedding.weight
     model.config.tie_word_embeddings = True
     return True
-
-
-def load_shared_model(folder: Path, dtype: torch.dtype) -> nn.Module:
-    """Load a checkpoint written by `llmopt share`, with its sharing restored.
-
-    This is the "shared" entry of `llmopt.models.loading.FORMAT_LOADERS`.
-
-    Raises:
-        BadInput: the folder holds no sharing layout, or its weights do not
-            match it.
-    """
-    from llmopt.share.storage import load_shared
-
-    return load_shared(Path(folder), dtype)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from llmopt.config import PositiveInt, StrictModel
+from llmopt.config import PositiveInt
 from llmopt.errors import BadInput, did_you_mean
 from llmopt.share.init import INITS
 from llmopt.share.plan import PLANS, SharePlan, make_plan, parse_map
 from llmopt.share.storage import SAVE_FORMATS
+from llmopt.stage import StageConfig
 
 
 def _one_of(value: str, registry: dict, what: str) -> str:
@@ -19,10 +20,10 @@ def _one_of(value: str, registry: dict, what: str) -> str:
     return value
 
 
-class ShareConfig(StrictModel):
-    """What `llmopt share` does."""
+class ShareConfig(StageConfig):
+    """What `llmopt share` does: one field per flag, recipe key and keyword."""
 
-    unique_layers: PositiveInt | None = None
+    unique_layers: PositiveInt | None = Field(None, json_schema_extra={"aliases": ["-k"]})
     """K, the number of unique blocks (may be left out when `map` is given)."""
     strategy: str = "cycle"
     """Which layers share: cycle, sequence or adjacent (see llmopt.share.plan)."""
@@ -36,9 +37,8 @@ class ShareConfig(StrictModel):
     """Rank of each layer's own delta on the shared linears (0: none)."""
     tie_embeddings: bool = False
     """Also tie the output head to the input embedding."""
-    save_format: str = "dense"
-    """dense (plain transformers loads it) or shared (each tensor once)."""
     seed: int = 0
+    """Seed of the random factors of the per-layer deltas."""
 
     @field_validator("strategy")
     @classmethod
@@ -52,8 +52,9 @@ class ShareConfig(StrictModel):
 
     @field_validator("save_format")
     @classmethod
-    def _save_format(cls, v: str) -> str:
-        return _one_of(v, SAVE_FORMATS, "save format")
+    def _save_format(cls, v: str | None) -> str | None:
+        # dense: every layer written out (plain transformers loads it); shared: each tensor once.
+        return v if v is None else _one_of(v, SAVE_FORMATS, "save format")
 
 
 def resolve_plan(config: ShareConfig, num_layers: int) -> SharePlan:

@@ -1,8 +1,16 @@
-"""The sharing stage: check the request cheaply, share a loaded model, describe it.
+"""`share` as a stage: N decoder layers run K unique blocks.
 
-`prepare_share` reads only config.json, so that a bad K, a bad map or an
-unsupported family fails before the model is loaded or anything measured;
-`share_model` does the work on a loaded model.
+Plans: cycle (layer i runs block i mod K), sequence (runs of N/K neighbours
+share), adjacent (neighbouring pairs share), or an explicit --map. A shared
+block starts as the average of its layers, its first layer, or a layer taken
+at even intervals over the depth (stepwise). --lora-rank R gives every layer
+of a shared group its own rank-R delta on each linear (from the SVD of what
+sharing changed), buying back quality for a little unique storage.
+
+The layers really use the same tensors: unique parameters and memory drop, and
+training updates every user of a block at once. --save-format dense writes
+every layer out (plain transformers loads it); shared writes each tensor once
+(smaller on disk). llmopt restores the sharing when it loads either.
 """
 
 from __future__ import annotations
@@ -16,27 +24,19 @@ from llmopt.models.arch import spec_for
 from llmopt.share.apply import CONFIG_KEY, share_layers, tie_embeddings
 from llmopt.share.config import ShareConfig, resolve_plan
 from llmopt.share.plan import SharePlan
+from llmopt.stage import ModelSource, Stage, StageContext, StageResult
 
 
-def prepare_share(model_spec: str, config: ShareConfig) -> SharePlan:
-    """Check `config` against the model's config.json and return the plan.
+def check_share(hf_config, config: ShareConfig, spec: str = "model") -> SharePlan:
+    """Check `config` against the model's transformers config and return the plan.
 
     Raises:
-        BadInput: the model does not resolve, its family is not supported, it
-            is shared already, or the plan does not fit its layer count.
+        BadInput: the family is not supported, the model is shared already, or the
+            plan does not fit its layer count.
     """
-    from transformers import AutoConfig
-
-    from llmopt.models import resolve_model
-
-    where = resolve_model(model_spec)
-    try:
-        hf_config = AutoConfig.from_pretrained(where)
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{model_spec}: cannot read its config ({err})") from None
     spec_for(hf_config.model_type)
     if getattr(hf_config, CONFIG_KEY, None) is not None:
-        raise BadInput(f"{model_spec}: is shared already; share the original model instead")
+        raise BadInput(f"{spec}: is shared already; share the original model instead")
     return resolve_plan(config, int(hf_config.num_hidden_layers))
 
 
@@ -58,3 +58,33 @@ def share_model(model: nn.Module, config: ShareConfig, plan: SharePlan) -> dict[
         "lora_rank": layout.lora_rank,
         "tied_embeddings": tied,
     }
+
+
+class ShareStage(Stage):
+    """Cross-layer parameter sharing of a pretrained model."""
+
+    name = "share"
+    help = "share parameters across layers (N layers -> K unique blocks)"
+    config_class = ShareConfig
+
+    config: ShareConfig
+    plan: SharePlan | None = None
+
+    def check(self, source: ModelSource) -> None:
+        """The plan fits the layer count; the family is known; not shared already."""
+        self.plan = check_share(source.hf_config, self.config, source.spec)
+
+    def apply(self, model: nn.Module, tokenizer, ctx: StageContext) -> StageResult:
+        assert self.plan is not None
+        return StageResult(model, {"share": share_model(model, self.config, self.plan)})
+
+    def summary(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+        info = record["metrics"]["share"]
+        return [
+            (
+                "plan",
+                f"{info['layers']} layers -> {info['unique_blocks']} blocks: {info['block_map']}",
+            ),
+            ("lora rank", str(info["lora_rank"])),
+            ("tied embeddings", "newly tied" if info["tied_embeddings"] else "unchanged"),
+        ]

@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from llmopt.errors import BadInput
+from llmopt.formats import CheckpointFormat
 from llmopt.models.arch import ArchAdapter
-from llmopt.provenance import StageRecord, write_record
+from llmopt.models.loading import empty_model
+from llmopt.models.tensors import storage_key, unique_state
 from llmopt.share.apply import CONFIG_KEY, ShareLayout, apply_layout, layout_of
 from llmopt.share.relax import LowRankDelta
 
@@ -37,20 +39,9 @@ STORAGE_ATTR = "llmopt_share_storage"
 """Attribute of a loaded shared model: the layout it was stored in, kept by later saves."""
 
 
-def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-
-
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each piece of storage once, under its first name."""
-    seen: set[tuple] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        key = _storage_key(tensor)
-        if key not in seen:
-            seen.add(key)
-            out[name] = tensor
-    return out
+    return unique_state(model)[0]
 
 
 def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,7 +61,7 @@ def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     blocks = ArchAdapter(model).blocks_path + "."
     seen: set[tuple] = set()
     for name, tensor in state.items():
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         if key in seen and name.startswith(blocks):
             state[name] = tensor.clone()
         seen.add(key)
@@ -113,53 +104,35 @@ SAVE_FORMATS: dict[str, Callable[[nn.Module, Path], None]] = {
 }
 
 
-def save_shared_checkpoint(
-    model: nn.Module,
-    tokenizer,
-    folder: str | Path,
-    record: StageRecord,
-    save_format: str | None = None,
-) -> str:
-    """Write a shared model, its tokenizer and `record` into `folder`.
+def save_shared(model: nn.Module, folder: Path, requested: str | None = None) -> tuple[str, dict]:
+    """Write a shared model's config.json and weights into `folder` (the "shared" format's saver).
 
-    `save_format` None keeps the layout the model was loaded from (dense for a
-    model shared in this process), so a later stage (training, distillation)
-    that saves through this function writes what it read.
+    `requested` picks the layout: 'dense' (every layer written out) or 'shared'
+    (each tensor once); None keeps the layout the model was loaded from (dense
+    for a model shared in this process), so a later stage (training,
+    distillation) writes what it read.
 
     Returns:
-        The format written into llmopt.json: 'shared' when llmopt restores the
-        sharing on load, 'dense' for a relaxed model saved with merged deltas.
+        The format for llmopt.json ('shared' when llmopt restores the sharing on
+        load, 'dense' for a relaxed model saved with merged deltas) and the facts
+        to record (block map, layout).
 
     Raises:
-        BadInput: unknown save format, or the model carries no sharing layout.
+        BadInput: an unknown layout, or the model carries no sharing layout.
     """
-    save_format = save_format or getattr(model, STORAGE_ATTR, "dense")
-    if save_format not in SAVE_FORMATS:
-        raise BadInput(f"--save-format {save_format!r}: unknown; known: {', '.join(SAVE_FORMATS)}")
+    layout_name = requested or getattr(model, STORAGE_ATTR, "dense")
+    if layout_name not in SAVE_FORMATS:
+        raise BadInput(
+            f"--save-format {layout_name!r}: a shared model is saved as {' or '.join(SAVE_FORMATS)}"
+        )
     layout = layout_of(model)
     if layout is None:
         raise BadInput("this model is not shared; save it as an ordinary checkpoint")
-    folder = Path(folder)
-    restorable = save_format == "shared" or layout.lora_rank == 0
+    restorable = layout_name == "shared" or layout.lora_rank == 0
     with _layout_in_config(model, keep=restorable):
-        SAVE_FORMATS[save_format](model, folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    record.format = "shared" if restorable else "dense"
-    record.args["block_map"] = list(layout.plan.block_of)
-    record.args["save_format"] = save_format
-    write_record(folder, record)
-    return record.format
-
-
-def _no_init() -> contextlib.AbstractContextManager:
-    # Building a model whose every weight is about to be loaded need not
-    # initialise it randomly (seconds for a 100M model on a CPU).
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:
-        return contextlib.nullcontext()
-    return no_init_weights()
+        SAVE_FORMATS[layout_name](model, Path(folder))
+    facts = {"block_map": list(layout.plan.block_of), "layout": layout_name}
+    return ("shared" if restorable else "dense"), facts
 
 
 def _load_unique(model: nn.Module, weights: Path) -> None:
@@ -189,9 +162,7 @@ def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
         raise BadInput(f"{folder}: config.json has no {CONFIG_KEY!r} layout")
     weights = folder / SHARED_WEIGHTS
     if weights.is_file():
-        with _no_init():
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model.tie_weights()  # skipping the initialisation also skips the embedding tie
+        model = empty_model(config, dtype)
         layout = ShareLayout.from_dict(data, ArchAdapter(model).num_layers)
         apply_layout(model, layout)
         _load_unique(model, weights)
@@ -204,3 +175,14 @@ def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     setattr(model, STORAGE_ATTR, "shared" if weights.is_file() else "dense")
     model.eval()
     return model
+
+
+SHARED = CheckpointFormat(
+    name="shared",
+    description="decoder layers that share tensors: each tensor once, or dense copies",
+    save=save_shared,
+    load=load_shared,
+    binds=lambda model: layout_of(model) is not None,
+    accepts=tuple(SAVE_FORMATS),
+)
+"""The registered format: every model that shares layers is saved (and restored) by it."""

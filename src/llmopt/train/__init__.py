@@ -1,8 +1,8 @@
 """The one training loop of llmopt: objectives, callbacks, precision, distribution.
 
 Entry points: `run_training(model, config, data, objective, callbacks, run_dir)`
-trains a model in memory; `run_train_stage(StageSpec, objective, callbacks)`
-is the whole stage (load, measure, train, write a checkpoint folder).
+trains a model in memory; `TrainStage` (`llmopt.train.stage`) is the whole
+stage that `llmopt.pipeline.run_stage` runs (load, measure, train, save).
 """
 
 from llmopt.train.callbacks import Callback
@@ -17,7 +17,6 @@ from llmopt.train.objective import (
     count_label_tokens,
 )
 from llmopt.train.precision import Precision
-from llmopt.train.stage import StageSpec, run_train_stage
 from llmopt.train.trainer import (
     TooManySkippedSteps,
     Trainer,
@@ -35,7 +34,6 @@ __all__ = [
     "ObjectiveOutput",
     "Precision",
     "RowSource",
-    "StageSpec",
     "TooManySkippedSteps",
     "TrainConfig",
     "TrainResult",
@@ -43,6 +41,5 @@ __all__ = [
     "TrainingInterrupted",
     "build_source",
     "count_label_tokens",
-    "run_train_stage",
     "run_training",
 ]

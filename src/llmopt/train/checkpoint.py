@@ -12,7 +12,6 @@ taken for checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from llmopt.errors import BadInput
+from llmopt.outputs import staged_output
 
 PREFIX = "step-"
 META = "trainer.json"
@@ -65,23 +65,11 @@ def write_checkpoint(
     """
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # Staged and renamed; re-saving the same step (after a resume) swaps the old one out.
+    with staged_output(final) as tmp:
         for stem, obj in tensors.items():
             torch.save(obj, tmp / f"{stem}.pt")
         (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():  # re-saving the same step (e.g. after a resume): swap, then drop
-        old = folder / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
     for stale in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final

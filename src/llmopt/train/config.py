@@ -1,7 +1,8 @@
 """`TrainConfig`: every knob of the training loop, validated once.
 
-The same config serves `llmopt train`, `llmopt distill` and recipe stages; the
-command-line flags are generated from it in `cli_args.py`.
+The stage configs of `train` and `distill` extend it (`llmopt.train.stage`),
+and their command-line flags, recipe keys and Python keywords are generated
+from those configs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.1, ge=0)
     """AdamW decay, applied to matrices only (not norms, biases, embeddings)."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas, as 'b1,b2'."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: PrecisionName = "auto"
@@ -64,21 +66,27 @@ class TrainConfig(StrictModel):
     max_consecutive_skips: PositiveInt = 20
     """fp16 only: stop when this many optimizer steps in a row overflowed."""
     seed: int = 0
+    """Data order and initialisation seed."""
     device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1"""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state (FSDP2, one unit per block)."""
     grad_checkpointing: bool = False
+    """Recompute block activations in the backward pass (less memory, more time)."""
     compile: bool = False
+    """torch.compile the model."""
     log_every: PositiveInt = 10
+    """Steps per metrics.jsonl row."""
     save_every: int = Field(0, ge=0)
     """Write a resumable checkpoint every N steps (0: only when interrupted)."""
-    keep_checkpoints: PositiveInt = 2
+    keep_last: PositiveInt = 2
     """How many of the newest checkpoints to keep."""
     resume: str | None = None
     """A checkpoint folder, or a run's checkpoints folder (its newest is used)."""
     keep_masks: bool = False
     """Keep weights of decoder-block linears that are exactly zero at the start at zero."""
     progress: bool = True
+    """Show a progress bar."""
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:

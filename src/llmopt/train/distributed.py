@@ -1,4 +1,4 @@
-"""Processes: torchrun launch, process groups, DDP/FSDP2 wrapping, reductions.
+"""Processes: process groups, DDP/FSDP2 wrapping, reductions (the launch is `pipeline.launch`).
 
 `torchrun` sets RANK/WORLD_SIZE/LOCAL_RANK; without them the run is a single
 process and every function here is a cheap no-op. gloo on CPU, nccl on CUDA.
@@ -6,11 +6,8 @@ process and every function here is a cheap no-op. gloo on CPU, nccl on CUDA.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -72,8 +69,15 @@ def init_world(device_name: str = "auto") -> tuple[World, torch.device]:
 
 
 def close_world() -> None:
-    """Leave the process group (if any)."""
-    if dist.is_initialized():
+    """Leave the process group (if any).
+
+    A gloo group is not destroyed: its destructor joins gloo's worker threads
+    while holding the GIL, and a thread still releasing a finished all-reduce
+    needs the GIL to free its tensors, so the two can wait on each other
+    forever (seen on this code's DDP runs). The process ends right after this
+    anyway; the operating system closes the sockets.
+    """
+    if dist.is_initialized() and dist.get_backend() != "gloo":
         dist.destroy_process_group()
 
 
@@ -145,62 +149,3 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
     else:
         yield
-
-
-def relaunch_with_torchrun(
-    nproc: int, parser: argparse.ArgumentParser, args: argparse.Namespace, verb: str
-) -> int:
-    """Run this same command again as `nproc` local processes through torchrun.
-
-    The command line is rebuilt from the parsed arguments (without --nproc), so
-    it works whether the CLI was started from a shell or in-process.
-    Returns torchrun's exit status.
-    """
-    argv = [verb, *argv_from_namespace(parser, args, drop={"nproc"})]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "llmopt.cli",
-        *argv,
-    ]
-    env = dict(os.environ)
-    # torchrun otherwise prints a banner about OMP_NUM_THREADS; one thread per process
-    # on a CPU run unless the user chose otherwise.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    # Tokenizers' thread pool and forked workers do not mix; the data is cached anyway.
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.call(command, env=env)
-
-
-def argv_from_namespace(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, drop: set[str] = frozenset()
-) -> list[str]:
-    """Command-line words that parse back to `args` (options first, then positionals)."""
-    options: list[str] = []
-    positionals: list[str] = []
-    for action in parser._actions:  # argparse has no public API for this walk
-        dest = action.dest
-        if dest in drop or dest == "help" or not hasattr(args, dest):
-            continue
-        value = getattr(args, dest)
-        if not action.option_strings:
-            positionals.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-            continue
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else None
-        flag = flag or action.option_strings[0]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            options.append(action.option_strings[0 if value else 1])
-        elif isinstance(action, argparse._StoreTrueAction):
-            if value:
-                options.append(flag)
-        elif isinstance(action, argparse._StoreFalseAction):
-            if not value:
-                options.append(flag)
-        elif value is not None and value != action.default:
-            values = value if isinstance(value, list) else [value]
-            options.extend([flag, *(str(v) for v in values)])
-    return [*options, *positionals]

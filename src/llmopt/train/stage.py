@@ -1,43 +1,48 @@
-"""A training stage: model folder in -> trained checkpoint folder + llmopt.json out.
+"""`train` as a stage: model folder in -> trained checkpoint folder out.
 
-Used by `llmopt train` (LM objective) and by other stages that train with
-their own objective (distillation). Measures before and after, writes the
-output only when training finished, and leaves resumable checkpoints and
-`metrics.jsonl` in the run folder (OUTPUT.train by default).
+The stage is the trainer plus what a run needs around it: the training rows,
+the run folder (checkpoints and `metrics.jsonl`, OUTPUT.train by default),
+the export of an FSDP run's gathered weights. Distillation is this stage with
+another objective (`objective()` is the seam). The runner loads, measures and
+saves; with `nproc > 1` it launches the workers once `check` and
+`before_launch` have passed in the launching process.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmopt.evaluate.summary import EvalConfig
-from llmopt.train import distributed as dist_util
+import torch
+from torch import nn
+
+from llmopt.config import PositiveInt
+from llmopt.errors import BadInput
+from llmopt.stage import ModelSource, Stage, StageConfig, StageContext, StageResult
 from llmopt.train.callbacks import Callback
 from llmopt.train.config import TrainConfig
 from llmopt.train.objective import Objective
 from llmopt.train.tracking import METRICS_FILE
+from llmopt.train.trainer import Trainer
+from llmopt.units import human_count
 
 
-@dataclass
-class StageSpec:
-    """What one training stage reads, writes and measures."""
+class TrainStageConfig(TrainConfig, StageConfig):
+    """What `llmopt train` does: the trainer's knobs plus the data and the processes."""
 
-    model: str
-    data: str
-    output: str
-    config: TrainConfig
+    data: str = "pydoc"
+    """Training text: pydoc, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG[:SPLIT]]."""
     text_field: str = "text"
-    overwrite: bool = False
+    """Field or column holding the text in .jsonl, .parquet and hf: sources."""
     run_dir: str | None = None
-    evaluation: EvalConfig | None = None
-    """None: no before/after measurement."""
-    stage: str = "train"
-    args: dict[str, Any] = field(default_factory=dict)
-    """Recorded in llmopt.json."""
+    """Checkpoints and metrics.jsonl (default: OUTPUT.train beside the output)."""
+    nproc: PositiveInt = 1
+    """Local processes (launched through torchrun; DDP, or FSDP with --fsdp)."""
+
+    def trainer_config(self) -> TrainConfig:
+        """The trainer's own config (this one without the stage's fields)."""
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
 
 
 def default_run_dir(output: str | Path) -> Path:
@@ -46,126 +51,155 @@ def default_run_dir(output: str | Path) -> Path:
     return output.with_name(output.name + ".train")
 
 
-def _measure(model, tokenizer, evaluation: EvalConfig | None, folder=None) -> dict | None:
-    from llmopt.evaluate.summary import evaluate_model
+def _positions(hf_config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(hf_config, key, None)
+        if value:
+            return int(value)
+    return None
 
-    if evaluation is None:
-        return None
-    model.eval()
-    return evaluate_model(model, tokenizer, evaluation, folder=folder)
 
+class TrainStage(Stage):
+    """Training (or fine-tuning) with the one trainer: next-token cross-entropy."""
 
-def preflight(spec: StageSpec, processes: int) -> None:
-    """Check a stage in the launching process, before `--nproc` starts the workers.
+    name = "train"
+    help = "train or fine-tune a model (accumulation, mixed precision, DDP/FSDP, resume)"
+    config_class = TrainStageConfig
+    distributed = True
 
-    torchrun reports any worker failure as its own exit status 1, so the user
-    errors it can see here are caught here, with status 2 and one line: the
-    output folder, the precision, the data against the step size, the resume
-    checkpoint's configuration. (It also leaves the tokenised data cached.)
+    config: TrainStageConfig
+    trainer: Trainer | None = None
 
-    Raises:
-        BadInput: as `run_train_stage` would.
-    """
-    from llmopt.errors import BadInput
-    from llmopt.models import load_tokenizer
-    from llmopt.outputs import check_output
-    from llmopt.runtime import pick_device
-    from llmopt.train import checkpoint as ckpt
-    from llmopt.train.config import check_batch
-    from llmopt.train.data import build_source
-    from llmopt.train.precision import resolve_precision
+    @property
+    def run_dir(self) -> Path:
+        cfg = self.config
+        if cfg.run_dir:
+            return Path(cfg.run_dir).expanduser()
+        assert self.output is not None
+        return default_run_dir(self.output)
 
-    cfg = spec.config
-    check_output(spec.output, spec.overwrite)
-    resolve_precision(cfg.precision, pick_device(cfg.device))
-    tokenizer = load_tokenizer(spec.model)
-    data = build_source(spec.data, tokenizer, cfg.seq_len, cfg.pack, cfg.seed, spec.text_field)
-    check_batch(cfg, len(data), processes)
-    if cfg.resume:
-        path = ckpt.find_checkpoint(cfg.resume)
+    # ----- checks ------------------------------------------------------------------------
+
+    def check(self, source: ModelSource) -> None:
+        """Sequence length, precision, FSDP and the resume checkpoint, from configs alone."""
+        from llmopt.pipeline.launch import inside_workers
+        from llmopt.runtime import pick_device
+        from llmopt.train.precision import resolve_precision
+
+        cfg = self.config
+        positions = _positions(source.hf_config)
+        if positions is not None and cfg.seq_len > positions:
+            raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
+        resolve_precision(cfg.precision, pick_device(cfg.device))
+        if cfg.fsdp and cfg.nproc < 2 and not inside_workers():
+            raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
+        if cfg.resume:
+            self._check_resume(cfg.nproc)
+
+    def _check_resume(self, processes: int) -> None:
+        from llmopt.train import checkpoint as ckpt
+
+        path = ckpt.find_checkpoint(self.config.resume)
         meta = ckpt.read_meta(path)
-        problems = cfg.resume_mismatches(meta["config"])
-        if meta["world_size"] != processes:
+        problems = self.config.trainer_config().resume_mismatches(meta["config"])
+        if not torch.distributed.is_initialized() and meta["world_size"] != processes:
             problems.append(f"processes: {meta['world_size']} in the checkpoint, {processes} now")
         if problems:
             raise BadInput(f"--resume {path}: incompatible ({'; '.join(problems)})")
 
+    def before_launch(self, ctx: StageContext) -> None:
+        """Tokenise (and cache) the data once, and check it against the step size."""
+        from llmopt.models import load_tokenizer
+        from llmopt.train.config import check_batch
 
-def run_train_stage(
-    spec: StageSpec,
-    objective: Objective | None = None,
-    callbacks: list[Callback] | tuple[Callback, ...] = (),
-    finalize: Callable[[dict[str, Any], Path], None] | None = None,
-) -> dict[str, Any] | None:
-    """Train `spec.model` on `spec.data` and write `spec.output` (process 0).
+        data = self._rows(load_tokenizer(ctx.source.spec))
+        check_batch(self.config, len(data), ctx.processes)
 
-    `finalize(metrics, folder)` lets the caller add its own facts to the
-    record while the output is still the temporary folder, so llmopt.json is
-    complete when the folder appears.
+    def measure_seq_len(self, positions: int) -> int:
+        """Measure at the training length (or 512, or the model's positions if fewer)."""
+        return min(512, positions, self.config.seq_len)
 
-    Returns the record's metrics on process 0 (None on the others).
+    # ----- the work ----------------------------------------------------------------------
 
-    Raises:
-        BadInput: bad output folder, data, sizes, precision or resume checkpoint,
-            all found before training starts.
-        TrainingInterrupted: Ctrl-C; a checkpoint was saved in the run folder.
-    """
-    import torch
+    def objective(
+        self, model: nn.Module, tokenizer, ctx: StageContext
+    ) -> tuple[Objective | None, list[Callback]]:
+        """The loss and extra callbacks (None: next-token cross-entropy). Distillation overrides."""
+        return None, []
 
-    from llmopt.models import load_model, load_tokenizer
-    from llmopt.outputs import check_output, save_checkpoint, staged_output
-    from llmopt.provenance import start_record, write_record
-    from llmopt.train.data import build_source
-    from llmopt.train.precision import resolve_precision
-    from llmopt.train.trainer import Trainer, set_activation_checkpointing
+    def _rows(self, tokenizer):
+        from llmopt.train.data import build_source
 
-    cfg = spec.config
-    world, device = dist_util.init_world(cfg.device)
-    check_output(spec.output, spec.overwrite)
-    resolve_precision(cfg.precision, device)
-    run_dir = Path(spec.run_dir).expanduser() if spec.run_dir else default_run_dir(spec.output)
-    record = start_record(spec.stage, spec.model, spec.args, seed=cfg.seed)
-    tokenizer = load_tokenizer(spec.model)
-    # Process 0 tokenises (and caches) first so the others read the cache, not race it.
-    if not world.is_main:
-        dist_util.barrier()
-    data = build_source(spec.data, tokenizer, cfg.seq_len, cfg.pack, cfg.seed, spec.text_field)
-    if world.is_main:
-        dist_util.barrier()
-    torch.manual_seed(cfg.seed)
-    model = load_model(spec.model, dtype=torch.float32)
-    trainer = Trainer(model, cfg, data, objective, callbacks, run_dir, spec.model)
-    trainer.validate()  # resume and batch checks before the (slow) first measurement
-    before = _measure(model, tokenizer, spec.evaluation) if world.is_main else None
-    dist_util.barrier()
-    result = trainer.fit()
-    if not world.is_main:
-        dist_util.close_world()
-        return None
-    trained = result.model
-    if trained is None:  # FSDP: rebuild a plain model from the gathered full weights
-        trained = load_model(spec.model, dtype=torch.float32)
-        missing, unexpected = trained.load_state_dict(result.state_dict, strict=False)
-        if unexpected or any(k not in _tied_keys(trained) for k in missing):
-            raise RuntimeError(f"FSDP export: missing {missing}, unexpected {unexpected}")
-    trained.to(device)
-    if hasattr(trained, "config"):
-        trained.config.use_cache = True
-    if cfg.grad_checkpointing:
-        set_activation_checkpointing(trained, False)
-    record.metrics["train"] = {**result.summary, "run_dir": str(run_dir)}
-    with staged_output(spec.output, spec.overwrite) as tmp:
-        save_checkpoint(trained, tokenizer, tmp, record)
-        if (run_dir / METRICS_FILE).is_file():
-            shutil.copy2(run_dir / METRICS_FILE, tmp / METRICS_FILE)
-        if spec.evaluation is not None:
-            record.metrics["before"] = before
-            record.metrics["after"] = _measure(trained, tokenizer, spec.evaluation, folder=tmp)
-        if finalize is not None:
-            finalize(record.metrics, tmp)
-        write_record(tmp, record)  # again, now with the measurements
-    dist_util.close_world()
-    return record.metrics
+        cfg = self.config
+        return build_source(cfg.data, tokenizer, cfg.seq_len, cfg.pack, cfg.seed, cfg.text_field)
+
+    def prepare(self, model: nn.Module, tokenizer, ctx: StageContext) -> None:
+        """Read the rows, build the trainer and run its checks, before the first measurement."""
+        from llmopt.train import distributed as dist_util
+
+        # Process 0 tokenises (and caches) first so the others read the cache, not race it.
+        if not ctx.is_main:
+            dist_util.barrier()
+        data = self._rows(tokenizer)
+        if ctx.is_main:
+            dist_util.barrier()
+        torch.manual_seed(self.config.seed)
+        objective, callbacks = self.objective(model, tokenizer, ctx)
+        self.trainer = Trainer(
+            model.float(),
+            self.config.trainer_config(),
+            data,
+            objective,
+            callbacks,
+            self.run_dir,
+            ctx.source.spec,
+        )
+        self.trainer.validate()
+
+    def apply(self, model: nn.Module, tokenizer, ctx: StageContext) -> StageResult:
+        from llmopt.train.trainer import set_activation_checkpointing
+
+        assert self.trainer is not None
+        result = self.trainer.fit()
+        if not ctx.is_main:
+            return StageResult(None)
+        trained = result.model
+        if trained is None:  # FSDP: rebuild a plain model from the gathered full weights
+            trained = ctx.load_model(ctx.source)
+            missing, unexpected = trained.load_state_dict(result.state_dict, strict=False)
+            if unexpected or any(k not in _tied_keys(trained) for k in missing):
+                raise RuntimeError(f"FSDP export: missing {missing}, unexpected {unexpected}")
+        trained.to(ctx.device)
+        if hasattr(trained, "config"):
+            trained.config.use_cache = True
+        if self.config.grad_checkpointing:
+            set_activation_checkpointing(trained, False)
+        return StageResult(trained, {"train": {**result.summary, "run_dir": str(self.run_dir)}})
+
+    def finalize(self, model: nn.Module, folder: Path, result: StageResult) -> None:
+        """Copy the run's metrics.jsonl next to the checkpoint."""
+        if (self.run_dir / METRICS_FILE).is_file():
+            shutil.copy2(self.run_dir / METRICS_FILE, folder / METRICS_FILE)
+
+    def summary(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+        train = record["metrics"]["train"]
+        rows = [
+            (
+                "steps",
+                f"{train['steps']}  ({train['processes']} process(es), {train['precision']})",
+            ),
+            ("final loss", f"{train['final_loss']:.4f}"),
+            ("tokens", human_count(train["tokens"])),
+            (
+                "training time",
+                f"{train['train_wall_time_s']:.1f} s  "
+                f"({train['tokens'] / max(train['train_wall_time_s'], 1e-9):,.0f} tokens/s)",
+            ),
+        ]
+        if train["skipped_steps"]:
+            rows.append(("skipped (fp16)", str(train["skipped_steps"])))
+        rows.append(("run folder", train["run_dir"]))
+        return rows
 
 
 def _tied_keys(model) -> set[str]:

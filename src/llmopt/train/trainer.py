@@ -281,7 +281,7 @@ class Trainer:
                 "rng": rngs,
             }
             path = ckpt.write_checkpoint(
-                self.run_dir / "checkpoints", self.step, tensors, meta, self.config.keep_checkpoints
+                self.run_dir / "checkpoints", self.step, tensors, meta, self.config.keep_last
             )
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path)
