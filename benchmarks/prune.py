@@ -23,9 +23,10 @@ def measure_one(args: argparse.Namespace, method: str, pattern: str) -> dict:
     """Prune one copy of the model and measure it (runs in a child process)."""
     import torch
 
+    from llmopt import load_model
     from llmopt.data.corpus import load_corpus
     from llmopt.evaluate.perplexity import evaluate_perplexity
-    from llmopt.models import load_model, load_tokenizer
+    from llmopt.models import load_tokenizer
     from llmopt.prune import PruneConfig, prepare_pruning, run_pruning
 
     torch.manual_seed(0)

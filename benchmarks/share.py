@@ -95,13 +95,14 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def memory_child(args: argparse.Namespace, k: int) -> dict[str, Any]:
     """Save at K (0: the original), reload with llmopt, measure disk and inference peak."""
+    from llmopt import load_model
     from llmopt.evaluate import checkpoint_bytes, measure_speed, model_footprint
-    from llmopt.models import load_model, resolve_model
+    from llmopt.models import resolve_model
     from llmopt.models.arch import ArchAdapter
-    from llmopt.provenance import start_record
+    from llmopt.provenance import StageRecord, write_record
     from llmopt.share.apply import share_layers
     from llmopt.share.plan import make_plan
-    from llmopt.share.storage import save_shared_checkpoint
+    from llmopt.share.storage import save_shared
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(resolve_model(args.model))
@@ -110,9 +111,8 @@ def memory_child(args: argparse.Namespace, k: int) -> dict[str, Any]:
             share_layers(model, make_plan(ArchAdapter(model).num_layers, k, "cycle"))
             folder = Path(tmp) / "shared"
             folder.mkdir()
-            save_shared_checkpoint(
-                model, None, folder, start_record("share", args.model, {}), "shared"
-            )
+            fmt, _ = save_shared(model, folder, "shared")
+            write_record(folder, StageRecord(stage="share", source=args.model, format=fmt))
             del model
             gc.collect()
         on_disk = checkpoint_bytes(folder)["weight_bytes"]

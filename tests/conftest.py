@@ -46,7 +46,7 @@ def tiny_llama_dir() -> Path:
 @pytest.fixture
 def tiny_llama(tiny_llama_dir):
     """A fresh fp32 `tiny-llama` in eval mode."""
-    from llmopt.models import load_model
+    from llmopt import load_model
 
     return load_model(tiny_llama_dir)
 

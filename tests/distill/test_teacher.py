@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from llmopt import load_model
 from llmopt.distill.hidden import HiddenStateLoss, default_layer_map, parse_layer_map
 from llmopt.distill.losses import LossSpec, distillation_loss
 from llmopt.distill.objective import DistillObjective
@@ -20,7 +21,6 @@ from llmopt.distill.teacher import (
 )
 from llmopt.distill.vocab import shared_vocab_size, vocabulary_fingerprint
 from llmopt.errors import BadInput
-from llmopt.models import load_model
 from llmopt.train.data import Layout, RowSource
 from llmopt.train.objective import count_label_tokens
 

@@ -26,7 +26,7 @@ def test_eval_prints_a_table_and_writes_json(cli, tmp_path):
         (["eval", "smollm-135m"], "did you mean 'smollm2-135m'"),
         (["eval", "tiny-llama", "--seq-len", "100000"], "--seq-len 100000"),
         (["eval", "tiny-llama", "--data", "nope.txt"], "nope.txt: no such file"),
-        (["eval", "tiny-llama", "--batch-size", "0"], "batch_size=0"),
+        (["eval", "tiny-llama", "--batch-size", "0"], "--batch-size 0"),
         (["eval", "tiny-llama", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from llmopt.errors import BadInput
 from llmopt.evaluate import evaluate_perplexity, model_footprint
 from llmopt.evaluate.perplexity import windows
-from llmopt.outputs import staged_output
+from llmopt.outputs import check_output, staged_output
 from llmopt.provenance import read_record, start_record, write_record
 
 
@@ -96,8 +96,8 @@ def test_staged_output_never_leaves_half_a_folder(tmp_path):
     assert not dest.exists() and list(tmp_path.iterdir()) == []
     with staged_output(dest) as tmp:
         (tmp / "v").write_text("1")
-    with pytest.raises(BadInput, match="not empty"), staged_output(dest):
-        pass
+    with pytest.raises(BadInput, match="not empty"):
+        check_output(dest)
     with pytest.raises(RuntimeError), staged_output(dest, overwrite=True) as tmp:
         raise RuntimeError("crash")
     assert (dest / "v").read_text() == "1"  # the old output survives a failed overwrite

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from llmopt import load_model
 from llmopt.cache import build_once
 from llmopt.errors import BadInput
-from llmopt.models import ArchAdapter, load_model, load_tokenizer, resolve_model
+from llmopt.models import ArchAdapter, load_tokenizer, resolve_model
 from llmopt.models.arch import SUPPORTED_MODEL_TYPES, is_linear, weight_out_in
 from llmopt.models.zoo import tiny_config
 

@@ -10,9 +10,10 @@ pytestmark = pytest.mark.real_model
 
 
 def test_smollm2_parameters_and_perplexity():
+    from llmopt import load_model
     from llmopt.data import load_corpus
     from llmopt.evaluate import evaluate_perplexity, model_footprint
-    from llmopt.models import ArchAdapter, load_model, load_tokenizer
+    from llmopt.models import ArchAdapter, load_tokenizer
 
     model = load_model("smollm2-135m")
     tokenizer = load_tokenizer("smollm2-135m")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmopt import load_model
 from llmopt.calibrate import (
     BlockStep,
     capture_block_inputs,
@@ -12,7 +13,6 @@ from llmopt.calibrate import (
     run_sequential,
     watch_inputs,
 )
-from llmopt.models import load_model
 from llmopt.models.arch import ArchAdapter
 
 

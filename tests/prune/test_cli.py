@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llmopt.models import load_model
+from llmopt import load_model
 from llmopt.models.arch import ArchAdapter, weight_out_in
 
 FAST = ("--calib-samples", "4", "--calib-seq-len", "32", "--eval-max-tokens", "256")
@@ -50,8 +50,8 @@ def bad(cli, tmp_path, *args: str, model: str = "tiny-llama") -> str:
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (("--method", "wanda", "--sparsity", "1.0"), "sparsity=1.0"),
-        (("--method", "wanda", "--sparsity", "-0.1"), "sparsity=-0.1"),
+        (("--method", "wanda", "--sparsity", "1.0"), "--sparsity 1.0"),
+        (("--method", "wanda", "--sparsity", "-0.1"), "--sparsity -0.1"),
         (("--method", "wandaa", "--sparsity", "0.5"), "did you mean 'wanda'"),
         (("--method", "magnitude", "--pattern", "4:4"), "4:4"),
         (("--method", "magnitude", "--pattern", "3:5"), "M=5 does not divide"),

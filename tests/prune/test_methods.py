@@ -92,7 +92,7 @@ def test_owl_sparsities_keep_the_average():
 )
 def test_data_aware_methods_on_every_family(family, method, tiny_tokenizer):
     """2:4 holds in every linear, including GPT-2's transposed Conv1D and fused qkv."""
-    from llmopt.models import load_model
+    from llmopt import load_model
     from llmopt.models.arch import ArchAdapter, weight_out_in
     from llmopt.prune import PruneConfig, prune_model
 

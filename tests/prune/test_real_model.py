@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from llmopt import load_model
 from llmopt.data.corpus import load_corpus
 from llmopt.evaluate.perplexity import evaluate_perplexity
-from llmopt.models import load_model, load_tokenizer
+from llmopt.models import load_tokenizer
 from llmopt.prune import PruneConfig, prune_model
 
 pytestmark = pytest.mark.real_model

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from llmopt import load_model
 from llmopt.evaluate.footprint import checkpoint_bytes
-from llmopt.models import load_model
 from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.models.zoo import tiny_config
 from llmopt.provenance import StageRecord, write_record

@@ -11,7 +11,7 @@ FAMILIES = {"llama": "tiny-llama", "gpt2": "tiny-gpt2"}
 @pytest.fixture(params=list(FAMILIES))
 def tiny_model(request):
     """A fresh fp32 tiny model of each tested family (Llama, GPT-2)."""
-    from llmopt.models import load_model
+    from llmopt import load_model
 
     return load_model(FAMILIES[request.param])
 

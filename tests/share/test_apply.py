@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmopt import load_model
 from llmopt.errors import BadInput
 from llmopt.evaluate import model_footprint
-from llmopt.models import load_model
 from llmopt.models.arch import ArchAdapter
 from llmopt.share.apply import layout_of, share_layers, tie_embeddings
 from llmopt.share.plan import make_plan

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llmopt.models import load_model
+from llmopt import load_model
 
 
 def test_share_prints_sizes_and_perplexity_and_writes_a_loadable_folder(cli, tmp_path):
@@ -38,7 +38,8 @@ def test_lora_and_tied_embeddings_from_the_command_line(cli, tmp_path):
     assert "newly tied" in r.out
     record = json.loads((tmp_path / "o" / "llmopt.json").read_text())
     assert record["format"] == "dense"  # relaxed + dense: merged per-layer weights
-    assert record["args"]["block_map"] == [0, 1, 1, 0]
+    assert record["metrics"]["share"]["block_map"] == [0, 1, 1, 0]
+    assert record["metrics"]["storage"] == {"block_map": [0, 1, 1, 0], "layout": "dense"}
     assert torch.isfinite(load_model(tmp_path / "o")(torch.tensor([[3, 4, 5]])).logits).all()
 
 
@@ -56,15 +57,15 @@ def unsupported_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["-k", "0"], "unique_layers=0"),
+        (["-k", "0"], "--unique-layers 0"),
         (["-k", "5"], "--unique-layers 5: must be between 1 and the model's 4 layers"),
         (["--map", "0,1,0"], "has 3 entries, the model has 4 layers"),
         (["--map", "0,1,0,9", "-k", "2"], "unknown block id 9"),
         (["-k", "2", "--strategy", "cyclic"], "did you mean 'cycle'"),
-        (["-k", "2", "--init", "avg"], "init='avg'"),
+        (["-k", "2", "--init", "avg"], "--init avg"),
         (["-k", "1", "--strategy", "adjacent"], "at least 2 blocks"),
-        (["-k", "2", "--lora-rank", "-1"], "lora_rank=-1"),
-        (["-k", "2", "--save-format", "sparse"], "save_format='sparse'"),
+        (["-k", "2", "--lora-rank", "-1"], "--lora-rank -1"),
+        (["-k", "2", "--save-format", "sparse"], "--save-format sparse"),
         ([], "give --unique-layers K or an explicit --map"),
     ],
 )

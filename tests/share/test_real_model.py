@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmopt import load_model
 from llmopt.evaluate import model_footprint
-from llmopt.models import load_model
 from llmopt.models.arch import ArchAdapter
 from llmopt.share.apply import share_layers
 from llmopt.share.plan import make_plan

@@ -1,8 +1,8 @@
 """Training a shared model through `llmopt distill` keeps the sharing.
 
-`llmopt.outputs.save_checkpoint` hands a shared model to the sharing stage's
-saver (`save_pretrained` refuses tensors that share memory), so the distilled
-student is written back in the layout it was read in.
+The "shared" checkpoint format binds a model whose layers share tensors
+(`save_pretrained` refuses tensors that share memory), so the runner saves the
+distilled student through it, in the layout it was read in.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmopt.models import load_model
+from llmopt import load_model
 from llmopt.share.apply import layout_of
 
 

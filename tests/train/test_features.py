@@ -46,7 +46,7 @@ def _params(model) -> torch.Tensor:
 
 
 def test_grad_checkpointing_same_result(tiny_llama_dir, packed_source):
-    from llmopt.models import load_model
+    from llmopt import load_model
 
     plain = run_training(load_model(tiny_llama_dir), _config(), packed_source()).model
     ckpt_model = load_model(tiny_llama_dir)
@@ -57,7 +57,7 @@ def test_grad_checkpointing_same_result(tiny_llama_dir, packed_source):
 
 @pytest.mark.slow
 def test_compile_same_result(tiny_llama_dir, packed_source):
-    from llmopt.models import load_model
+    from llmopt import load_model
 
     plain = run_training(load_model(tiny_llama_dir), _config(), packed_source()).model
     compiled = run_training(load_model(tiny_llama_dir), _config(compile=True), packed_source())

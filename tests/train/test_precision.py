@@ -50,7 +50,7 @@ def test_fp16_stops_after_consecutive_skips(tiny_llama, packed_source):
 
 
 def test_bf16_loss_tracks_fp32(tiny_llama_dir, packed_source):
-    from llmopt.models import load_model
+    from llmopt import load_model
 
     fp32 = _run(load_model(tiny_llama_dir), packed_source(), "fp32")
     bf16 = _run(load_model(tiny_llama_dir), packed_source(), "bf16")

@@ -31,7 +31,7 @@ def _config(**overrides) -> TrainConfig:
 
 
 def _train(tiny_llama_dir, source, run_dir, callbacks=(), **overrides):
-    from llmopt.models import load_model
+    from llmopt import load_model
 
     torch.manual_seed(0)
     model = load_model(tiny_llama_dir)
@@ -65,22 +65,27 @@ def test_interrupt_then_resume_equals_straight(tiny_llama_dir, tmp_path, straigh
 
 def test_killed_save_leaves_previous_checkpoint(tiny_llama_dir, tmp_path, straight, params_of,
                                                  monkeypatch):  # fmt: skip
+    import llmopt.outputs as outputs
+
     make, reference = straight
-    real_replace = ckpt.os.replace
+    real_replace, real_rmtree = outputs.os.replace, outputs.shutil.rmtree
 
     def die_on_second(src, dst):
         if str(dst).endswith(ckpt.checkpoint_name(10)):
-            raise SystemExit("killed")  # like SIGKILL: the temp folder stays behind
+            raise SystemExit("killed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", die_on_second)
+    # Like SIGKILL during the rename: no clean-up runs, the temp folder stays behind.
+    monkeypatch.setattr(outputs.os, "replace", die_on_second)
+    monkeypatch.setattr(outputs.shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(SystemExit):
         _train(tiny_llama_dir, make(), tmp_path, save_every=5)
-    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    monkeypatch.setattr(outputs.os, "replace", real_replace)
+    monkeypatch.setattr(outputs.shutil, "rmtree", real_rmtree)
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert any(n.startswith(".") for n in leftovers)  # the half-written one is there, hidden
     assert ckpt.find_checkpoint(tmp_path).name == ckpt.checkpoint_name(5)
     resumed = _train(tiny_llama_dir, make(), tmp_path, save_every=5, resume=str(tmp_path))
     assert torch.equal(params_of(resumed.model), params_of(reference.model))
     kept = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
-    assert kept == [ckpt.checkpoint_name(15), ckpt.checkpoint_name(20)]  # keep_checkpoints=2
+    assert kept == [ckpt.checkpoint_name(15), ckpt.checkpoint_name(20)]  # keep_last=2
