@@ -135,19 +135,48 @@ def check_parent(path: Path, flag: str) -> None:
         raise BadInput(f"{flag} {path}: its folder {path.parent} is not writable")
 
 
+def lock_path(dest: Path) -> Path:
+    """The hidden lock file beside `dest` that `output_lock` holds."""
+    return dest.parent / f".{dest.name}.lock"
+
+
+def check_unlocked(dest: Path, flag: str = "--output") -> None:
+    """Refuse at once, before any work, a folder that another live run holds.
+
+    Takes nothing: a free folder stays free (the lock file is neither made nor removed).
+
+    Raises:
+        BadInput: another process holds the lock of `dest`.
+    """
+    try:
+        handle = open(lock_path(dest), "rb")  # noqa: SIM115 (closed below)
+    except OSError:  # no lock file: nobody holds it
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BadInput(f"{flag} {dest}: another llmopt run is writing it") from None
+    finally:
+        handle.close()
+
+
 @contextmanager
-def output_lock(dest: Path) -> Iterator[None]:
+def output_lock(dest: Path, flag: str = "--output") -> Iterator[None]:
     """Own `dest` for the block: a second run into it is refused at once.
 
     The lock is a hidden file beside `dest`, removed again on release. While it
     is held, temporary and old folders that earlier (dead) runs left beside
     `dest` are removed.
 
+    Args:
+        dest: the folder to own.
+        flag: how the refusal names it (--output, --run-dir).
+
     Raises:
         BadInput: another process holds the lock.
     """
-    lock = dest.parent / f".{dest.name}.lock"
-    handle = _acquire(lock, dest)
+    lock = lock_path(dest)
+    handle = _acquire(lock, dest, flag)
     try:
         for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -159,7 +188,7 @@ def output_lock(dest: Path) -> Iterator[None]:
         handle.close()
 
 
-def _acquire(lock: Path, dest: Path):
+def _acquire(lock: Path, dest: Path, flag: str):
     """An open, exclusively locked handle on `lock` that is still the file at that path."""
     while True:
         handle = open(lock, "a")  # noqa: SIM115 (held until release)
@@ -167,7 +196,7 @@ def _acquire(lock: Path, dest: Path):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise BadInput(f"--output {dest}: another llmopt run is writing it") from None
+            raise BadInput(f"{flag} {dest}: another llmopt run is writing it") from None
         try:
             same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
@@ -196,7 +225,9 @@ def staged_output(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
     for path in tmp.rglob("*"):
         follow_umask(path)
     if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        # A fresh empty name (rename replaces an empty folder): a stale .old-* that a
+        # dead run left, even one with this pid, can never make the swap fail.
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
         os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
