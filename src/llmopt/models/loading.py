@@ -52,6 +52,24 @@ def _format_of(folder: Path) -> str:
     return str((record or {}).get("format", "dense"))
 
 
+def check_folder(folder: Path, where: str, dtype: torch.dtype = torch.float32) -> None:
+    """Before a dense folder is loaded: its config fits in memory, its headers match it.
+
+    Raises:
+        BadInput: config.json is unreadable or absurd, or a weights header disagrees with it.
+    """
+    from transformers import AutoConfig
+
+    from llmopt.models.validate import check_config, check_dense_folder, expected_shapes
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInput(f"{where}: cannot read its config ({reason})") from None
+    check_dense_folder(folder, expected_shapes(check_config(config, where, dtype)))
+
+
 def empty_model(config, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A causal LM of `config` whose every weight is about to be overwritten.
 
@@ -85,7 +103,8 @@ def load_model(
         trust_remote_code: allow a hub repository's own modelling code.
 
     Raises:
-        BadInput: the spec does not resolve, or the checkpoint is corrupt.
+        BadInput: the spec does not resolve, config.json describes a model too large
+            for memory, or the checkpoint is corrupt or disagrees with its config.
     """
     from transformers import AutoModelForCausalLM
 
@@ -95,6 +114,8 @@ def load_model(
             raise BadInput(
                 f"{spec}: stored in llmopt's {fmt!r} format; load it with llmopt.load_model"
             )
+        if isinstance(where, Path) and not trust_remote_code:
+            check_folder(where, str(spec), dtype)
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype, trust_remote_code=trust_remote_code
         )

@@ -52,12 +52,18 @@ def folder_format(folder: Path, record: dict[str, Any] | None) -> str:
 def open_source(spec: str) -> ModelSource:
     """Resolve a model spec and read what is cheap: config.json, llmopt.json, the format.
 
+    The model config.json describes is built on the meta device (nothing is
+    allocated), so a config whose weights would not fit in memory is refused
+    here, before any stage loads it.
+
     Raises:
-        BadInput: the spec does not resolve, or its config or record is unreadable.
+        BadInput: the spec does not resolve, its config or record is unreadable,
+            or its config describes a model that would not fit in memory.
     """
     from transformers import AutoConfig
 
     from llmopt.models import resolve_model
+    from llmopt.models.validate import check_config
     from llmopt.provenance import read_record
 
     location = resolve_model(str(spec))
@@ -67,6 +73,7 @@ def open_source(spec: str) -> ModelSource:
     except (OSError, ValueError, KeyError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInput(f"{spec}: cannot read its config ({reason})") from None
+    check_config(hf_config, str(spec))
     fmt = folder_format(location, record) if isinstance(location, Path) else "dense"
     return ModelSource(str(spec), location, hf_config, fmt, record)
 

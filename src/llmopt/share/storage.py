@@ -31,6 +31,14 @@ from llmopt.formats import CheckpointFormat
 from llmopt.models.arch import ArchAdapter
 from llmopt.models.loading import empty_model
 from llmopt.models.tensors import storage_key, unique_state
+from llmopt.models.validate import (
+    check_dense_folder,
+    check_fits,
+    check_header_shapes,
+    expected_shapes,
+    read_header,
+    skeleton,
+)
 from llmopt.share.apply import CONFIG_KEY, ShareLayout, apply_layout, layout_of
 from llmopt.share.relax import LowRankDelta
 
@@ -147,30 +155,61 @@ def _load_unique(model: nn.Module, weights: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def _check_unique_header(weights: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Every tensor of the unique-weights file is one the layout has, at its shape."""
+    table, _ = read_header(weights)
+    unknown = sorted(set(table) - set(expected))
+    if unknown:
+        raise BadInput(f"{weights}: does not match its sharing layout (unexpected {unknown[0]})")
+    check_header_shapes(weights, table, expected)
+
+
+def _checked_layout(folder: Path, config, dtype: torch.dtype) -> tuple[ShareLayout, dict]:
+    """The layout in config.json, checked on a meta-device skeleton before anything is allocated.
+
+    Returns:
+        The layout and the shapes of the shared model's state dict (deltas included).
+
+    Raises:
+        BadInput: no layout, a layout that does not fit, or a model (with its
+            per-layer deltas) too large for memory.
+    """
+    data = getattr(config, CONFIG_KEY, None)
+    if not isinstance(data, dict):
+        raise BadInput(f"{folder}: config.json has no {CONFIG_KEY!r} layout")
+    model = skeleton(config, str(folder))
+    layout = ShareLayout.from_dict(data, ArchAdapter(model).num_layers)
+    apply_layout(model, layout)
+    check_fits(model, str(folder), dtype)
+    return layout, expected_shapes(model)
+
+
 def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a folder written by `save_shared_checkpoint` with the sharing restored.
 
+    config.json, the layout and the weights headers are checked first (see
+    `llmopt.models.validate`), so a damaged file drives no allocation.
+
     Raises:
         BadInput: config.json has no sharing layout, the layout does not fit
-            the model, or the weights do not match it.
+            the model, the model would not fit in memory, or the weights do not
+            match it.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    data = getattr(config, CONFIG_KEY, None)
-    if not isinstance(data, dict):
-        raise BadInput(f"{folder}: config.json has no {CONFIG_KEY!r} layout")
+    layout, expected = _checked_layout(folder, config, dtype)
     weights = folder / SHARED_WEIGHTS
     if weights.is_file():
+        _check_unique_header(weights, expected)
         model = empty_model(config, dtype)
-        layout = ShareLayout.from_dict(data, ArchAdapter(model).num_layers)
         apply_layout(model, layout)
         _load_unique(model, weights)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        layout = ShareLayout.from_dict(data, ArchAdapter(model).num_layers)
         if layout.lora_rank:
             raise BadInput(f"{folder}: dense copies cannot hold per-layer deltas; corrupt layout")
+        check_dense_folder(folder, expected)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         apply_layout(model, layout, check_equal=True)
     setattr(model, STORAGE_ATTR, "shared" if weights.is_file() else "dense")
     model.eval()
