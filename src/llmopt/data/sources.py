@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable
@@ -31,15 +32,27 @@ def pydoc_documents() -> list[str]:
 ZOO_CORPORA: dict[str, Callable[[], list[str]]] = {"pydoc": pydoc_documents}
 
 
+def _decode(raw: bytes, path: Path, where: str = "") -> str:
+    """UTF-8 text, or BadInput naming the file (and line) and the byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInput(
+            f"{path}{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "convert it to UTF-8"
+        ) from None
+
+
 def _read_txt(path: Path, text_field: str) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = _decode(path.read_bytes(), path)
     return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
     docs = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            line = _decode(raw, path, f":{lineno}")
             if not line.strip():
                 continue
             try:
@@ -52,13 +65,35 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
     return docs
 
 
-def _read_parquet(path: Path, text_field: str) -> list[str]:
+def _parquet_columns(path: Path) -> list[str]:
+    """The column names in a parquet file's footer (nothing else is read).
+
+    Raises:
+        BadInput: the file is not parquet (or is damaged).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
-    if text_field not in schema.names:
-        raise BadInput(f"{path}: no column {text_field!r}; columns: {', '.join(schema.names)}")
-    return [str(t) for t in pq.read_table(path, columns=[text_field]).column(0).to_pylist()]
+    try:
+        return list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInput(f"{path}: not a readable parquet file ({reason})") from None
+
+
+def _read_parquet(path: Path, text_field: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = _parquet_columns(path)
+    if text_field not in columns:
+        raise BadInput(f"{path}: no column {text_field!r}; columns: {', '.join(columns)}")
+    try:
+        values = pq.read_table(path, columns=[text_field]).column(0).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInput(f"{path}: damaged parquet file ({reason})") from None
+    return [str(t) for t in values if t is not None]
 
 
 READERS: dict[str, Callable[[Path, str], list[str]]] = {
@@ -84,31 +119,73 @@ def _read_hf(spec: str, text_field: str) -> list[str]:
     return [str(t) for t in ds[text_field]]
 
 
+def source_files(spec: str) -> list[Path]:
+    """The files of a local source (a file, or a folder's files in sorted order).
+
+    Raises:
+        BadInput: no such file, folder or corpus; an unsupported file type; a
+            folder without data files.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        if not files:
+            raise BadInput(f"{spec}: folder has no {'/'.join(SUFFIXES)} files")
+        return files
+    if path.is_file():
+        if path.suffix not in SUFFIXES:
+            raise BadInput(
+                f"{spec}: unsupported file type {path.suffix!r}; use {', '.join(SUFFIXES)}"
+            )
+        return [path]
+    hint = did_you_mean(spec, ZOO_CORPORA)
+    raise BadInput(f"{spec}: no such file, folder or corpus{hint}")
+
+
+PEEK_BYTES = 1 << 20
+
+
+def check_source(spec: str, text_field: str = "text") -> None:
+    """Cheap checks of a data source before any model is loaded (its files are not read whole).
+
+    A local source must exist with supported files; a parquet file must have a
+    parquet footer with the text column; the start of a .txt/.jsonl file must be
+    UTF-8 (the rest is checked when it is read). hf: sources are checked when
+    they are loaded.
+
+    Raises:
+        BadInput: what is wrong, naming the file.
+    """
+    if spec in ZOO_CORPORA or spec.startswith("hf:"):
+        return
+    for path in source_files(spec):
+        if path.suffix == ".parquet":
+            columns = _parquet_columns(path)
+            if text_field not in columns:
+                raise BadInput(f"{path}: no column {text_field!r}; columns: {', '.join(columns)}")
+            continue
+        with path.open("rb") as handle:
+            head = handle.read(PEEK_BYTES)
+        # Incremental: a character cut by the end of the peek is not an error.
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < PEEK_BYTES)
+        except UnicodeDecodeError:
+            _decode(head, path)
+
+
 def load_documents(spec: str, text_field: str = "text") -> list[str]:
     """Read the documents of a data source, in a fixed order.
 
     Raises:
-        BadInput: the source does not exist, has an unknown form, or has no text.
+        BadInput: the source does not exist, has an unknown form, is not UTF-8
+            text or parquet, or has no text.
     """
     if spec in ZOO_CORPORA:
         docs = ZOO_CORPORA[spec]()
     elif spec.startswith("hf:"):
         docs = _read_hf(spec, text_field)
     else:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-            if not files:
-                raise BadInput(f"{spec}: folder has no {'/'.join(SUFFIXES)} files")
-        elif path.is_file():
-            if path.suffix not in SUFFIXES:
-                raise BadInput(
-                    f"{spec}: unsupported file type {path.suffix!r}; use {', '.join(SUFFIXES)}"
-                )
-            files = [path]
-        else:
-            hint = did_you_mean(spec, ZOO_CORPORA)
-            raise BadInput(f"{spec}: no such file, folder or corpus{hint}")
+        files = source_files(spec)
         docs = [doc for f in files for doc in READERS[f.suffix](f, text_field)]
     docs = [d for d in docs if d.strip()]
     if not docs:
