@@ -73,8 +73,14 @@ def _precision(cfg: DistillConfig, device: torch.device):
 
 
 def _load_teacher(dcfg: DistillConfig, student_tokenizer, student_config, load_model):
-    """The teacher model (fp32, on the CPU), its tokenizer, and the shared vocabulary size."""
+    """The teacher model (fp32, on the CPU), its tokenizer, and the shared vocabulary size.
+
+    Raises:
+        BadInput: no teacher, vocabularies that differ, or a teacher whose weights
+            hold NaN or infinite values (it would teach NaN, silently).
+    """
     from llmopt.models import load_tokenizer
+    from llmopt.models.validate import check_finite_weights
 
     if dcfg.teacher is None:
         raise BadInput("--teacher is required (unless --cache-teacher names a finished cache)")
@@ -83,7 +89,9 @@ def _load_teacher(dcfg: DistillConfig, student_tokenizer, student_config, load_m
     vocab = shared_vocab_size(
         student_tokenizer, tokenizer, student_config.vocab_size, teacher_config.vocab_size
     )
-    return load_model(dcfg.teacher), tokenizer, vocab
+    teacher = load_model(dcfg.teacher)
+    check_finite_weights(teacher, f"--teacher {dcfg.teacher}")
+    return teacher, tokenizer, vocab
 
 
 def ensure_teacher_cache(cfg: DistillConfig, ctx: StageContext) -> Path | None:

@@ -7,9 +7,9 @@ Order, and why:
    fails in a second, before anything is loaded or written;
 2. a stage that runs as several processes is launched here, once the checks
    passed in this process, so bad input still exits with status 2;
-3. the model is loaded in whatever format it was written, `prepare` loads the
-   data and the checks that need the model, and only then the input is
-   measured (seconds to minutes);
+3. the model is loaded in whatever format it was written and refused if any
+   weight is NaN or infinite, `prepare` loads the data and the checks that
+   need the model, and only then the input is measured (seconds to minutes);
 4. `apply`; the result is refused if any weight is NaN or infinite (nothing is
    written); it is saved by its format into a temporary folder, measured there
    (so bytes on disk are real), recorded, and renamed into place.
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from llmopt.config import build
@@ -33,7 +32,14 @@ from llmopt.outputs import check_output, list_files, output_lock, staged_output
 from llmopt.pipeline.formats import check_requested_format, choose_format, load_checkpoint
 from llmopt.pipeline.formats import open_source as open_model_source
 from llmopt.provenance import start_record, write_record
-from llmopt.stage import ModelSource, Stage, StageConfig, StageContext, StageResult
+from llmopt.stage import (
+    MeasureSettings,
+    ModelSource,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+)
 
 SAMPLE_TOKENS = 24
 
@@ -118,6 +124,7 @@ def run_stage(
     """
     cls = stage_class(stage)
     cfg = make_config(cls, config, **values)
+    check_data_sources(cfg)
     source = open_model_source(str(model))
     if not cls.writes_checkpoint:
         return _run_measurement(cls(cfg), source, output)
@@ -150,7 +157,7 @@ def _execute(
     record = start_record(name, source.spec, cfg.model_dump(mode="json"), seed)
     ctx = _context(job, source, dest)
     tokenizer = _load_tokenizer(source)
-    model = load_checkpoint(source, device=job.load_device(ctx.device))
+    model = _load_input(job, source, ctx)
     job.prepare(model, tokenizer, ctx)
     eval_config = _eval_config(job, model)
     if eval_config is not None and before is None and ctx.is_main:
@@ -222,6 +229,37 @@ def _close(job: Stage) -> None:
         close_world()
 
 
+def _load_input(job: Stage, source: ModelSource, ctx: StageContext) -> nn.Module:
+    """The input model, refused when a weight is NaN or infinite (before any work uses it)."""
+    from llmopt.models.validate import check_finite_weights
+
+    model = load_checkpoint(source, device=job.load_device(ctx.device))
+    check_finite_weights(model, source.spec)
+    return model
+
+
+def check_data_sources(cfg: StageConfig) -> None:
+    """Cheap checks of every data source a stage config names, before any model is loaded.
+
+    The sources are the fields every stage uses for them: `data` (training,
+    evaluation), `calib_data` (calibration) and the measurement's `eval.data`.
+
+    Raises:
+        BadInput: a source that does not exist, is not what its name says, or
+            lacks the text field (see `llmopt.data.sources.check_source`).
+    """
+    from llmopt.data.sources import check_source
+
+    text_field = getattr(cfg, "text_field", "text")
+    for key in ("data", "calib_data"):
+        spec = getattr(cfg, key, None)
+        if isinstance(spec, str):
+            check_source(spec, text_field)
+    settings = getattr(cfg, "eval", None)
+    if isinstance(settings, MeasureSettings) and settings.enabled:
+        check_source(settings.data, settings.text_field)
+
+
 def _load_tokenizer(source: ModelSource):
     from llmopt.models import load_tokenizer
 
@@ -251,11 +289,13 @@ def _eval_config(job: Stage, model: nn.Module) -> EvalConfig | None:
 
 
 def _check_finite(model: nn.Module, stage: str) -> None:
-    for name, param in model.named_parameters():
-        if not bool(torch.isfinite(param.detach()).all()):
-            raise StageFailed(
-                f"{stage}: the result has non-finite weights ({name}); nothing was written"
-            )
+    from llmopt.models.validate import first_nonfinite
+
+    name = first_nonfinite(model)
+    if name is not None:
+        raise StageFailed(
+            f"{stage}: the result has non-finite weights ({name}); nothing was written"
+        )
 
 
 def _run_measurement(job: Stage, source: ModelSource, output: str | Path | None) -> StageOutcome:
@@ -266,7 +306,7 @@ def _run_measurement(job: Stage, source: ModelSource, output: str | Path | None)
     job.check(source)
     ctx = _context(job, source, None)
     tokenizer = _load_tokenizer(source)
-    model = load_checkpoint(source, device=job.load_device(ctx.device))
+    model = _load_input(job, source, ctx)
     job.prepare(model, tokenizer, ctx)
     result: StageResult = job.apply(model, tokenizer, ctx)
     record = {"stage": job.name, "model": source.spec, "metrics": result.metrics}
