@@ -65,6 +65,9 @@ class TrainConfig(StrictModel):
     """fp16 only: the loss scaler's initial scale."""
     max_consecutive_skips: PositiveInt = 20
     """fp16 only: stop when this many optimizer steps in a row overflowed."""
+    max_nonfinite_steps: PositiveInt = 5
+    """fp32/bf16: a step whose gradient norm is NaN or infinite is skipped (the weights
+    stay as they were); stop with an error when this many steps in a row were."""
     seed: int = 0
     """Data order and initialisation seed."""
     device: str = "auto"

@@ -33,9 +33,12 @@ from llmopt.train.optim import build_optimizer, build_scheduler
 from llmopt.train.precision import Precision, resolve_precision
 from llmopt.train.tracking import MetricsLog, ProgressBar
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Signals that save a checkpoint and stop training (Ctrl-C, and what schedulers send)."""
+
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or `request_stop`) ended training; `checkpoint` is where to resume from."""
+    """Ctrl-C, SIGTERM (or `request_stop`) ended training; `checkpoint` is where to resume from."""
 
     def __init__(self, step: int, checkpoint: Path | None) -> None:
         super().__init__(f"interrupted after step {step}")
@@ -45,6 +48,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class TooManySkippedSteps(RuntimeError):
     """fp16 overflowed on too many consecutive steps: the run is diverging."""
+
+
+class NonFiniteTraining(TooManySkippedSteps):
+    """fp32/bf16: the gradient norm was NaN or infinite on too many consecutive steps."""
 
 
 @dataclass
@@ -302,13 +309,15 @@ class Trainer:
                 precision the device cannot run.
             TrainingInterrupted: Ctrl-C or `request_stop`; a checkpoint was saved
                 (when there is a run folder).
-            TooManySkippedSteps: fp16 overflowed `max_consecutive_skips` times in a row.
+            TooManySkippedSteps: fp16 overflowed `max_consecutive_skips` times in a row
+                (`NonFiniteTraining`: fp32/bf16 gradients were NaN or infinite
+                `max_nonfinite_steps` times in a row).
         """
         self._setup()
         for cb in self.callbacks:
             cb.on_train_start(self)
         started = time.perf_counter()
-        previous = self._install_sigint()
+        previous = self._install_signals()
         bar = ProgressBar(self.config.steps, self.step, self.world.is_main and self.config.progress)
         try:
             while self.step < self.config.steps:
@@ -316,8 +325,8 @@ class Trainer:
                 if self.config.save_every and self.step % self.config.save_every == 0:
                     self.save_checkpoint()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             bar.close()
         self._flush()
         for cb in self.callbacks:
@@ -326,18 +335,23 @@ class Trainer:
         self.raw_model.eval()
         return self._result(time.perf_counter() - started)
 
-    def _install_sigint(self):
+    def _install_signals(self) -> dict[int, Any]:
+        """Ctrl-C and SIGTERM (what schedulers send) save a checkpoint and stop.
+
+        Returns the handlers they replaced (none off the main thread, where
+        Python cannot install any).
+        """
         import threading
 
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
         def handler(signum, frame):
-            if self._stop:  # a second Ctrl-C: stop now, without a checkpoint
+            if self._stop:  # a second signal: stop now, without a checkpoint
                 raise KeyboardInterrupt
             self._stop = True
 
-        return signal.signal(signal.SIGINT, handler)
+        return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
 
     def _train_step(self, bar: ProgressBar) -> None:
         cfg = self.config
@@ -417,19 +431,42 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        stepped = self.precision.step(self.optimizer)
+        stepped = self._apply_step(grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
         if stepped:
             self.consecutive_skips = 0
         else:
             self.skipped_steps += 1
             self.consecutive_skips += 1
-            if self.consecutive_skips >= cfg.max_consecutive_skips:
-                raise TooManySkippedSteps(
-                    f"fp16 gradients overflowed on {self.consecutive_skips} steps in a row "
-                    f"(up to step {self.step + 1}); try --precision bf16 or a lower --lr"
-                )
+            self._stop_if_diverged()
         return grad_norm.detach()
+
+    def _apply_step(self, grad_norm: torch.Tensor) -> bool:
+        """Step the optimizer; False when the step was skipped because of inf/NaN.
+
+        fp16's loss scaler decides for itself. In fp32/bf16 a non-finite gradient
+        norm (which a NaN or infinite loss makes it) would write NaN into every
+        weight, so the step is skipped. The norm is global (gradients are
+        reduced before it is taken), so every process skips the same steps.
+        """
+        if self.precision.scaler is None and not bool(torch.isfinite(grad_norm)):
+            return False
+        return self.precision.step(self.optimizer)
+
+    def _stop_if_diverged(self) -> None:
+        """Raise when too many optimizer steps in a row were skipped."""
+        cfg, skips, step = self.config, self.consecutive_skips, self.step + 1
+        if self.precision.scaler is not None:
+            if skips >= cfg.max_consecutive_skips:
+                raise TooManySkippedSteps(
+                    f"fp16 gradients overflowed on {skips} steps in a row "
+                    f"(up to step {step}); try --precision bf16 or a lower --lr"
+                )
+        elif skips >= cfg.max_nonfinite_steps:
+            raise NonFiniteTraining(
+                f"the loss or gradients were NaN or infinite on {skips} steps in a row "
+                f"(up to step {step}); nothing was written; try a lower --lr"
+            )
 
     def _flush(self) -> None:
         # Per-step values stay on the device until here, so the loop does not
