@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,21 @@ from llmopt.outputs import staged_output
 
 PREFIX = "step-"
 META = "trainer.json"
+TENSOR_FILES = ("model", "optimizer", "scaler", "rng")
+"""The torch.save files of a checkpoint (besides `META`)."""
+META_KEYS = (
+    "step",
+    "config",
+    "fingerprint",
+    "world_size",
+    "data",
+    "scheduler",
+    "history",
+    "skipped_steps",
+    "consecutive_skips",
+    "tokens_seen",
+)
+"""What a resume reads from `META`."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -31,12 +47,18 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:07d}"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint folder's name says (None for other names)."""
+    digits = path.name.removeprefix(PREFIX)
+    return int(digits) if path.name.startswith(PREFIX) and digits.isdigit() else None
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints in `folder`, oldest first."""
+    """Complete checkpoints in `folder`, oldest (lowest step) first."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.name.startswith(PREFIX) and (p / META).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    found = [p for p in folder.iterdir() if checkpoint_step(p) is not None and (p / META).is_file()]
+    return sorted(found, key=checkpoint_step)
 
 
 def find_checkpoint(spec: str | Path) -> Path:
@@ -58,7 +80,7 @@ def find_checkpoint(spec: str | Path) -> Path:
 def write_checkpoint(
     folder: Path, step: int, tensors: dict[str, Any], meta: dict[str, Any], keep: int
 ) -> Path:
-    """Write one checkpoint atomically into `folder` and delete all but the newest `keep`.
+    """Write one checkpoint atomically into `folder`, then rotate (see `rotate`).
 
     `tensors` maps file stems to objects of tensors/containers (saved with
     torch.save); `meta` is JSON.
@@ -70,14 +92,82 @@ def write_checkpoint(
         for stem, obj in tensors.items():
             torch.save(obj, tmp / f"{stem}.pt")
         (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    for stale in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+    rotate(folder, step, keep)
     return final
 
 
+def rotate(folder: Path, step: int, keep: int) -> None:
+    """Keep the newest `keep` checkpoints up to `step`, the one just written among them.
+
+    Checkpoints past `step` belong to no run that is going on (an abandoned
+    run, or the future that a resume from an earlier step replaces): they are
+    removed too, so that the newest checkpoint, which `--resume RUN` picks, is
+    always this run's.
+    """
+    found = list_checkpoints(folder)
+    mine = [p for p in found if checkpoint_step(p) <= step]
+    later = [p for p in found if checkpoint_step(p) > step]
+    for stale in [*mine[:-keep], *later]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def read_meta(path: Path) -> dict[str, Any]:
-    """The `trainer.json` of a checkpoint."""
-    return json.loads((path / META).read_text())
+    """The `trainer.json` of a checkpoint.
+
+    Raises:
+        BadInput: it is unreadable, not a JSON object, or lacks what a resume needs.
+    """
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = getattr(err, "msg", None) or type(err).__name__
+        raise BadInput(f"--resume {path}: corrupt checkpoint ({META}: {reason})") from None
+    if not isinstance(meta, dict):
+        raise BadInput(f"--resume {path}: corrupt checkpoint ({META} is not a JSON object)")
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise BadInput(f"--resume {path}: corrupt checkpoint ({META} lacks {missing[0]!r})")
+    if not isinstance(meta["step"], int) or not isinstance(meta["world_size"], int):
+        raise BadInput(f"--resume {path}: corrupt checkpoint (its step or world size)")
+    return meta
+
+
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """Everything a resume reads from a checkpoint, checked whole before any model is loaded.
+
+    Each tensor file is a torch.save zip archive; its entries must be stored
+    uncompressed (as torch writes them, so no entry can claim more bytes than
+    the file has) and pass their CRC check, so a truncated or damaged file is
+    found here and not after minutes of loading and measuring.
+
+    Returns:
+        The checkpoint's `trainer.json`.
+
+    Raises:
+        BadInput: a file is missing, truncated or corrupt.
+    """
+    meta = read_meta(path)
+    for stem in TENSOR_FILES:
+        _check_archive(path, path / f"{stem}.pt")
+    return meta
+
+
+def _check_archive(checkpoint: Path, file: Path) -> None:
+    if not file.is_file():
+        raise BadInput(f"--resume {checkpoint}: incomplete checkpoint ({file.name} is missing)")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
+                raise BadInput(f"--resume {checkpoint}: {file.name} was not written by llmopt")
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise BadInput(
+            f"--resume {checkpoint}: truncated or corrupt checkpoint ({file.name}: {err})"
+        ) from None
+    if damaged is not None:
+        raise BadInput(
+            f"--resume {checkpoint}: corrupt checkpoint ({file.name}: {damaged} fails its CRC)"
+        )
 
 
 def read_tensors(path: Path, stem: str) -> Any:

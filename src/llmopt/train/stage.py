@@ -10,6 +10,7 @@ saves; with `nproc > 1` it launches the workers once `check` and
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,9 @@ class TrainStage(Stage):
 
     config: TrainStageConfig
     trainer: Trainer | None = None
+    resume_meta: dict[str, Any] | None = None
+    """The resumed checkpoint's trainer.json (set by `check`)."""
+    resume_path: Path | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -81,7 +85,12 @@ class TrainStage(Stage):
     # ----- checks ------------------------------------------------------------------------
 
     def check(self, source: ModelSource) -> None:
-        """Sequence length, precision, FSDP and the resume checkpoint, from configs alone."""
+        """Sequence length, precision, FSDP, the resume checkpoint and the run folder.
+
+        From configs and file headers alone, before any model is loaded: a
+        truncated or corrupt resume checkpoint and a run folder that holds
+        another run are refused here (see `llmopt.train.run_folder`).
+        """
         from llmopt.pipeline.launch import inside_workers
         from llmopt.runtime import pick_device
         from llmopt.train.precision import resolve_precision
@@ -93,19 +102,48 @@ class TrainStage(Stage):
         resolve_precision(cfg.precision, pick_device(cfg.device))
         if cfg.fsdp and cfg.nproc < 2 and not inside_workers():
             raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
-        if cfg.resume:
-            self._check_resume(cfg.nproc)
+        self.resume_meta = self._check_resume(cfg.nproc) if cfg.resume else None
+        self._check_run_dir(source)
 
-    def _check_resume(self, processes: int) -> None:
+    def _check_resume(self, processes: int) -> dict[str, Any]:
         from llmopt.train import checkpoint as ckpt
 
         path = ckpt.find_checkpoint(self.config.resume)
-        meta = ckpt.read_meta(path)
+        meta = ckpt.check_checkpoint(path)
         problems = self.config.trainer_config().resume_mismatches(meta["config"])
         if not torch.distributed.is_initialized() and meta["world_size"] != processes:
             problems.append(f"processes: {meta['world_size']} in the checkpoint, {processes} now")
         if problems:
             raise BadInput(f"--resume {path}: incompatible ({'; '.join(problems)})")
+        self.resume_path = path
+        return meta
+
+    def _check_run_dir(self, source: ModelSource) -> None:
+        """Where the run folder is, that it can be written, that no other run has it."""
+        from llmopt.outputs import check_parent, check_unlocked
+
+        run_dir = self.run_dir.expanduser().resolve()
+        if self.output is not None and _inside(run_dir, self.output.resolve()):
+            raise BadInput(
+                f"--run-dir {run_dir}: inside the output {self.output}, "
+                "which is replaced at the end"
+            )
+        if source.folder is not None and _inside(run_dir, source.folder.resolve()):
+            raise BadInput(f"--run-dir {run_dir}: inside the input model {source.folder}")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise BadInput(f"--run-dir {run_dir}: exists and is not a folder")
+        if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
+            raise BadInput(f"--run-dir {run_dir}: is not writable")
+        check_parent(run_dir, "--run-dir")
+        check_unlocked(run_dir, "--run-dir")
+        self._run_plan()
+
+    def _run_plan(self):
+        from llmopt.train.run_folder import plan_run_folder
+
+        meta = self.resume_meta
+        step = meta["step"] if meta is not None else 0
+        return plan_run_folder(self.run_dir, self.resume_path, step, self.overwrite)
 
     def before_launch(self, ctx: StageContext) -> None:
         """Tokenise (and cache) the data once, and check it against the step size."""
@@ -143,6 +181,7 @@ class TrainStage(Stage):
         data = self._rows(tokenizer)
         if ctx.is_main:
             dist_util.barrier()
+        self._check_resume_data(data)
         torch.manual_seed(self.config.seed)
         objective, callbacks = self.objective(model, tokenizer, ctx)
         self.trainer = Trainer(
@@ -156,11 +195,35 @@ class TrainStage(Stage):
         )
         self.trainer.validate()
 
+    def _check_resume_data(self, data) -> None:
+        """The resumed checkpoint was trained on these rows (before the first measurement)."""
+        meta = self.resume_meta
+        if meta is None:
+            return
+        saved, now = meta["data"], data.state_dict()
+        if saved.get("rows") != now["rows"] or saved.get("seed") != now["seed"]:
+            raise BadInput(
+                f"--resume {self.resume_path}: the checkpoint's data had {saved.get('rows')} "
+                f"rows (seed {saved.get('seed')}), this run's has {now['rows']} "
+                f"(seed {now['seed']}): not the same data"
+            )
+
+    def _fit(self, ctx: StageContext):
+        """Train; the main process owns the run folder meanwhile (locked, made ready first)."""
+        from llmopt.outputs import output_lock
+
+        assert self.trainer is not None
+        if not ctx.is_main:
+            return self.trainer.fit()
+        with output_lock(self.run_dir.expanduser().resolve(), "--run-dir"):
+            # Planned again under the lock: the folder may have changed since `check`.
+            self._run_plan().execute()
+            return self.trainer.fit()
+
     def apply(self, model: nn.Module, tokenizer, ctx: StageContext) -> StageResult:
         from llmopt.train.trainer import set_activation_checkpointing
 
-        assert self.trainer is not None
-        result = self.trainer.fit()
+        result = self._fit(ctx)
         if not ctx.is_main:
             return StageResult(None)
         trained = result.model
@@ -197,9 +260,13 @@ class TrainStage(Stage):
             ),
         ]
         if train["skipped_steps"]:
-            rows.append(("skipped (fp16)", str(train["skipped_steps"])))
+            rows.append(("skipped steps", str(train["skipped_steps"])))
         rows.append(("run folder", train["run_dir"]))
         return rows
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def _tied_keys(model) -> set[str]:
