@@ -45,14 +45,10 @@ from llmopt.units import human_bytes
 
 
 def _model_config(spec: str):
-    from transformers import AutoConfig
-
     from llmopt.models import resolve_model
+    from llmopt.models.loading import read_config
 
-    try:
-        return AutoConfig.from_pretrained(resolve_model(spec))
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{spec}: cannot read its config ({err})") from None
+    return read_config(resolve_model(spec), spec)
 
 
 def _needed_rows(cfg: DistillConfig, num_rows: int, world_size: int) -> list[int]:

@@ -52,21 +52,38 @@ def _format_of(folder: Path) -> str:
     return str((record or {}).get("format", "dense"))
 
 
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line (hub validation errors span several)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text[:300] or type(err).__name__
+
+
+def read_config(location: Path | str, where: str):
+    """The transformers config of a folder or hub id.
+
+    Raises:
+        BadInput: config.json is missing, not JSON, or holds values it cannot be built from.
+    """
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location)
+    # The file (or the hub) is the only input here, so whatever a config class raises on
+    # its values (TypeError, hub strict-validation errors, ZeroDivisionError, ...) is the
+    # file's fault, not llmopt's.
+    except Exception as err:
+        raise BadInput(f"{where}: cannot read its config ({_one_line(err)})") from None
+
+
 def check_folder(folder: Path, where: str, dtype: torch.dtype = torch.float32) -> None:
     """Before a dense folder is loaded: its config fits in memory, its headers match it.
 
     Raises:
         BadInput: config.json is unreadable or absurd, or a weights header disagrees with it.
     """
-    from transformers import AutoConfig
-
     from llmopt.models.validate import check_config, check_dense_folder, expected_shapes
 
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInput(f"{where}: cannot read its config ({reason})") from None
+    config = read_config(folder, where)
     check_dense_folder(folder, expected_shapes(check_config(config, where, dtype)))
 
 

@@ -60,19 +60,14 @@ def open_source(spec: str) -> ModelSource:
         BadInput: the spec does not resolve, its config or record is unreadable,
             or its config describes a model that would not fit in memory.
     """
-    from transformers import AutoConfig
-
     from llmopt.models import resolve_model
+    from llmopt.models.loading import read_config
     from llmopt.models.validate import check_config
     from llmopt.provenance import read_record
 
     location = resolve_model(str(spec))
     record = read_record(location) if isinstance(location, Path) else None
-    try:
-        hf_config = AutoConfig.from_pretrained(location)
-    except (OSError, ValueError, KeyError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInput(f"{spec}: cannot read its config ({reason})") from None
+    hf_config = read_config(location, str(spec))
     check_config(hf_config, str(spec))
     fmt = folder_format(location, record) if isinstance(location, Path) else "dense"
     return ModelSource(str(spec), location, hf_config, fmt, record)

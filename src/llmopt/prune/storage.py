@@ -30,7 +30,7 @@ from torch import nn
 
 from llmopt.errors import BadInput
 from llmopt.formats import CheckpointFormat
-from llmopt.models.loading import empty_model
+from llmopt.models.loading import empty_model, read_config
 from llmopt.models.tensors import unique_state
 from llmopt.models.validate import (
     check_config,
@@ -209,9 +209,8 @@ def load_sparse_model(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Mo
         BadInput: config.json describes a model too large for memory, or the
             folder's weights do not match it.
     """
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(folder)
+    config = read_config(folder, str(folder))
     expected = expected_shapes(check_config(config, str(folder), dtype))
     state = read_sparse_state(folder, expected)
     model = empty_model(config, dtype)

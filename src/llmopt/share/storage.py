@@ -29,7 +29,7 @@ from torch import nn
 from llmopt.errors import BadInput
 from llmopt.formats import CheckpointFormat
 from llmopt.models.arch import ArchAdapter
-from llmopt.models.loading import empty_model
+from llmopt.models.loading import empty_model, read_config
 from llmopt.models.tensors import storage_key, unique_state
 from llmopt.models.validate import (
     check_dense_folder,
@@ -195,9 +195,9 @@ def load_shared(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
             the model, the model would not fit in memory, or the weights do not
             match it.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder)
+    config = read_config(folder, str(folder))
     layout, expected = _checked_layout(folder, config, dtype)
     weights = folder / SHARED_WEIGHTS
     if weights.is_file():
