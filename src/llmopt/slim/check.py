@@ -109,7 +109,7 @@ def _check_combination(config: SlimConfig) -> list[str]:
         )
     if config.heads is not None and config.kv_groups is not None:
         raise BadInput(
-            f"--heads {config.heads:g}: give --heads or --kv-groups {config.kv_groups}, not both"
+            f"--heads {config.heads:g} and --kv-groups {config.kv_groups}: give one or the other"
         )
     if config.params is None and not given:
         raise BadInput("nothing to remove: give --ffn, --heads, --kv-groups, --layers or --params")

@@ -61,7 +61,7 @@ def choose_shape(
             "shape": shape.as_dict(),
             "params": counter.count(shape),
             "params_kept": round(counter.count(shape) / counter.total, 4),
-            "kl": round(kl, 5),
+            "kl": float(f"{kl:.6g}"),
         }
         for shape, kl in zip(shapes, kls, strict=True)
     ]
