@@ -64,7 +64,12 @@ def test_params_chooses_the_lowest_kl_candidate_and_builds_it(tiny_llama, tiny_t
     candidates = facts["candidates"]
     assert len(candidates) >= 4
     assert all(c["params"] <= 0.7 * facts["params_before"] for c in candidates)
-    best = min(candidates, key=lambda c: c["kl"])
+    finalists = [c for c in candidates if c["kl"] is not None]
+    assert len(finalists) == 3
+    best = min(finalists, key=lambda c: c["kl"])
+    # the finalists are the best of the screen
+    cut = sorted(c["kl_screen"] for c in candidates)[2]
+    assert all(c["kl_screen"] <= cut for c in finalists)
     assert facts["shape_after"] == best["shape"]
     assert (
         facts["params_after"] == model_footprint(slim).unique_params <= 0.7 * facts["params_before"]

@@ -43,6 +43,6 @@ class SlimConfig(CalibrationSettings):
     params_depths: PositiveInt = 4
     """--params: depths tried, evenly spaced from the layers-only cut to no layer cut
     (each also with one KV group, or one query head per group, removed)."""
-    score_tokens: PositiveInt = 4096
+    score_tokens: PositiveInt = 2048
     """Calibration tokens for the full-model measurements: the KL of --params
     candidates, --layer-score perplexity and the Taylor scores."""

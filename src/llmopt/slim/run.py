@@ -78,8 +78,10 @@ def score_importance(
 def _print_candidates(choice: Choice, original: Shape) -> None:
     for row in choice.candidates:
         mark = "*" if row["shape"] == choice.winner.as_dict() else " "
+        final = f"{row['kl']:.4f}" if row["kl"] is not None else "-"
         sys.stderr.write(
-            f"{mark} {row['label']:<44} params {row['params_kept']:6.1%}  KL {row['kl']:.4f}\n"
+            f"{mark} {row['label']:<44} params {row['params_kept']:6.1%}  "
+            f"KL screen {row['kl_screen']:.4f}  all {final}\n"
         )
     sys.stderr.write(f"slim: chose {choice.winner.label(original)}: {choice.why}\n")
 
