@@ -86,8 +86,15 @@ def test_params_chooses_the_lowest_kl_candidate_and_builds_it(tiny_llama, tiny_t
 )
 def test_every_metric_runs_through_slim_model(tiny_llama, tiny_tokenizer, metrics):
     ffn, head, layer = metrics
+    settings = {**SMALL, "score_tokens": 128}
     config = SlimConfig(
-        ffn=0.5, kv_groups=1, layers=1, ffn_score=ffn, head_score=head, layer_score=layer, **SMALL
+        ffn=0.5,
+        kv_groups=1,
+        layers=1,
+        ffn_score=ffn,
+        head_score=head,
+        layer_score=layer,
+        **settings,
     )
     slim, facts = slim_model(tiny_llama, tiny_tokenizer, config, progress=False)
     assert {k: v["metric"] for k, v in facts["scores"].items()} == {

@@ -198,6 +198,41 @@ def config_ffn_width(spec: ArchSpec, config) -> int:
     return int(value)
 
 
+def config_num_layers(config) -> int:
+    """Decoder layers, from a transformers config."""
+    return int(config.num_hidden_layers)
+
+
+def set_config_sizes(
+    spec: ArchSpec,
+    config,
+    layers: int | None = None,
+    ffn: int | None = None,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+) -> None:
+    """Write new sizes into a transformers config (in place); None leaves a size as it is.
+
+    Changing the head counts pins the head size explicitly first, so that it stays
+    what it was instead of becoming hidden_size // fewer heads.
+
+    Raises:
+        ValueError: head counts change in a family whose config cannot express that.
+    """
+    if heads is not None or kv_heads is not None:
+        if spec.head_dim_key is None or spec.kv_heads_key is None:
+            raise ValueError(f"{spec.family} configs cannot express fewer attention heads")
+        setattr(config, spec.head_dim_key, config_head_dim(config))
+        if heads is not None:
+            config.num_attention_heads = heads
+        if kv_heads is not None:
+            setattr(config, spec.kv_heads_key, kv_heads)
+    if layers is not None:
+        config.num_hidden_layers = layers
+    if ffn is not None:
+        setattr(config, spec.ffn_key, ffn)
+
+
 def config_max_positions(config) -> int:
     """Positions the model can attend over (2048 where the config does not say)."""
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):

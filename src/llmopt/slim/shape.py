@@ -21,9 +21,10 @@ import torch
 from llmopt.models.arch import (
     ArchSpec,
     config_ffn_width,
-    config_head_dim,
     config_kv_heads,
     config_num_heads,
+    config_num_layers,
+    set_config_sizes,
     spec_for,
 )
 
@@ -65,7 +66,7 @@ def shape_of(hf_config) -> Shape:
     spec = spec_for(hf_config.model_type)
     heads, groups = config_num_heads(hf_config), config_kv_heads(hf_config)
     return Shape(
-        layers=int(hf_config.num_hidden_layers),
+        layers=config_num_layers(hf_config),
         ffn=config_ffn_width(spec, hf_config),
         kv_groups=groups,
         heads_per_group=heads // groups,
@@ -94,15 +95,15 @@ def slim_config(hf_config, shape: Shape, kept_layers: Sequence[int] | None = Non
         values = getattr(new, key, None)
         if isinstance(values, list | tuple) and len(values) == original.layers:
             setattr(new, key, [values[i] for i in kept])
-    new.num_hidden_layers = shape.layers
-    setattr(new, spec.ffn_key, shape.ffn)
-    if (shape.heads, shape.kv_groups) != (original.heads, original.kv_groups):
-        if not heads_expressible(spec):
-            raise ValueError(f"{spec.family} configs cannot express fewer attention heads")
-        # The head size must stay what it was, not hidden_size // fewer heads.
-        setattr(new, spec.head_dim_key, config_head_dim(hf_config))
-        new.num_attention_heads = shape.heads
-        setattr(new, spec.kv_heads_key, shape.kv_groups)
+    heads_change = (shape.heads, shape.kv_groups) != (original.heads, original.kv_groups)
+    set_config_sizes(
+        spec,
+        new,
+        layers=shape.layers,
+        ffn=shape.ffn,
+        heads=shape.heads if heads_change else None,
+        kv_heads=shape.kv_groups if heads_change else None,
+    )
     return new
 
 
