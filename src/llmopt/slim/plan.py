@@ -68,10 +68,6 @@ class SlimPlan:
             heads_per_group=len(self.heads[0]) // groups,
         )
 
-    @property
-    def removes_nothing(self) -> bool:
-        return self.shape == self.original
-
 
 def keep_heads(
     scores: torch.Tensor, original: Shape, groups: int, per_group: int

@@ -50,7 +50,9 @@ def _sliced_linear(
     return out
 
 
-def sliced_block(adapter: ArchAdapter, block: nn.Module, plan: SlimPlan, kept: int):
+def sliced_block(
+    adapter: ArchAdapter, block: nn.Module, plan: SlimPlan, kept: int
+) -> dict[str, torch.Tensor]:
     """The changed tensors of one kept block, by name relative to the block.
 
     Args:
