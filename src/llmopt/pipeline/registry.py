@@ -10,9 +10,11 @@ from llmopt.distill.stage import DistillStage
 from llmopt.evaluate.stage import EvalStage
 from llmopt.prune.stage import PruneStage
 from llmopt.share.stage import ShareStage
+from llmopt.slim.stage import SlimStage
 from llmopt.stage import Stage
 from llmopt.train.stage import TrainStage
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in (EvalStage, PruneStage, ShareStage, TrainStage, DistillStage)
+    cls.name: cls
+    for cls in (EvalStage, PruneStage, SlimStage, ShareStage, TrainStage, DistillStage)
 }

@@ -8,12 +8,13 @@ from pydantic import Field
 
 from llmopt.calibrate.data import CalibrationSettings
 from llmopt.config import Fraction01, PositiveInt
+from llmopt.stage import StageConfig
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
-class SlimConfig(CalibrationSettings):
-    """What `llmopt slim` removes (one field per flag).
+class SlimConfig(StageConfig, CalibrationSettings):
+    """What `llmopt slim` removes: one field per flag, recipe key and keyword.
 
     Give any of `ffn`, `heads` or `kv_groups`, `layers`; or `params` alone,
     which chooses among widths and depth itself.

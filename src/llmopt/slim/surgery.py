@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from llmopt.models.arch import ArchAdapter, get_path, qkv_names, stored_weight, weight_out_in
+from llmopt.models.loading import empty_model
 from llmopt.slim.plan import SlimPlan
 from llmopt.slim.shape import slim_config
 
@@ -107,14 +108,6 @@ def slim_state(model: nn.Module, plan: SlimPlan) -> dict[str, torch.Tensor]:
     return state
 
 
-def _no_init_weights():
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
-
-
 def build_slim_model(model: nn.Module, plan: SlimPlan) -> nn.Module:
     """A new, smaller model carrying out `plan` on `model` (which is not changed).
 
@@ -122,13 +115,9 @@ def build_slim_model(model: nn.Module, plan: SlimPlan) -> nn.Module:
         An ordinary transformers causal LM in eval mode, on the device and at
         the dtype of `model`.
     """
-    from transformers import AutoModelForCausalLM
-
     first = next(model.parameters())
     config = slim_config(model.config, plan.shape, plan.layers)
-    with _no_init_weights():  # every tensor is overwritten below: skip random init
-        new = AutoModelForCausalLM.from_config(config, dtype=first.dtype)
-    new.tie_weights()  # tying is part of the init that was skipped
+    new = empty_model(config, first.dtype)  # every tensor is overwritten below
     new.to(first.device)
     new.load_state_dict(slim_state(model, plan), strict=True)
     if getattr(model, "generation_config", None) is not None:
