@@ -1,0 +1,346 @@
+"""Quantize a model from a `QuantizeConfig`: the cheap check, and the work.
+
+`check_quantize` needs only the model's config (it builds the model on the
+meta device to read every layer's shape), so a caller fails fast before
+loading weights or data. `quantize_model` quantizes in place and returns the
+facts a stage records: per-layer errors, bits, groups, sparsity, time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import torch
+from torch import nn
+
+from llmopt.calibrate import BlockStep, input_groups, load_calibration, watch_inputs
+from llmopt.errors import BadInput
+from llmopt.models.arch import ArchAdapter, spec_for
+from llmopt.quantize.config import QuantizeConfig
+from llmopt.quantize.gptq import gptq_quantize
+from llmopt.quantize.grid import quantize_weight
+from llmopt.quantize.state import QuantState, attach, matrix, quantized_modules, state_of
+
+Targets = dict[int, dict[str, nn.Module]]
+
+
+def meta_model(hf_config) -> nn.Module:
+    """The model a config describes, built on the meta device (no memory, no init).
+
+    Raises:
+        BadInput: transformers cannot build a model from this config.
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf_config)
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadInput(f"cannot build a model from this config: {err}") from None
+
+
+def _regex(pattern: str | None, flag: str) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise BadInput(f"{flag} {pattern!r}: not a regular expression ({err})") from None
+
+
+def select_targets(adapter: ArchAdapter, config: QuantizeConfig) -> Targets:
+    """The decoder linears to quantize, per block, after --targets and --skip.
+
+    Raises:
+        BadInput: a regex does not compile, or it selects nothing.
+    """
+    keep, drop = _regex(config.targets, "--targets"), _regex(config.skip, "--skip")
+    chosen: Targets = {}
+    for index, block in enumerate(adapter.blocks()):
+        for name, module in adapter.block_linears(block).items():
+            full = f"{adapter.blocks_path}.{index}.{name}"
+            if keep is not None and not keep.search(full):
+                continue
+            if drop is not None and drop.search(full):
+                continue
+            chosen.setdefault(index, {})[name] = module
+    if not chosen and not (config.embeddings or config.head):
+        raise BadInput("--targets/--skip: no decoder linear is left to quantize")
+    return chosen
+
+
+def _extra_modules(adapter: ArchAdapter, config: QuantizeConfig) -> dict[str, nn.Module]:
+    """Embedding and/or head asked for, by the name they are reported under."""
+    extra: dict[str, nn.Module] = {}
+    if config.embeddings:
+        extra["embeddings"] = adapter.embedding()
+    if config.head:
+        head = adapter.head()
+        if head is None:
+            raise BadInput("--head: this model has no output head")
+        extra["head"] = head
+    return extra
+
+
+def _check_width(name: str, in_features: int, config: QuantizeConfig) -> None:
+    size = config.group_size
+    if size is not None and in_features % size:
+        raise BadInput(
+            f"--group-size {size}: does not divide the input width {in_features} of {name}"
+        )
+    joint = config.joint()
+    if joint.structured and in_features % joint.m:
+        raise BadInput(
+            f"--pattern {config.pattern}: M={joint.m} does not divide the input width "
+            f"{in_features} of {name}"
+        )
+
+
+def _check_flags(config: QuantizeConfig) -> None:
+    joint = config.joint()
+    if config.method != "gptq":
+        if joint.active:
+            raise BadInput("--sparsity/--pattern: joint pruning needs --method gptq")
+        if config.act_order:
+            raise BadInput("--act-order: only for --method gptq")
+    if config.act_order and joint.structured:
+        raise BadInput("--act-order: cannot be combined with an N:M --pattern (groups would mix)")
+    if config.method == "gptq" and config.calib_data is None:
+        raise BadInput("--method gptq needs calibration data; --calib-data none was given")
+
+
+def check_quantize(hf_config, config: QuantizeConfig) -> None:
+    """Refuse, from the model's config alone, anything that cannot be quantized as asked.
+
+    Raises:
+        BadInput: an unsupported family, inconsistent flags, a group size or N:M
+            pattern that does not divide a layer's input width, or nothing selected.
+    """
+    spec_for(getattr(hf_config, "model_type", ""))
+    _check_flags(config)
+    model = meta_model(hf_config)
+    adapter = ArchAdapter(model)
+    for index, group in select_targets(adapter, config).items():
+        for name, module in group.items():
+            _check_width(f"{adapter.blocks_path}.{index}.{name}", matrix(module).shape[1], config)
+    for name, module in _extra_modules(adapter, config).items():
+        size = config.group_size
+        width = matrix(module).shape[1]
+        if size is not None and width % size:
+            raise BadInput(f"--group-size {size}: does not divide the width {width} of the {name}")
+
+
+def _refuse_shared(adapter: ArchAdapter, targets: Targets) -> None:
+    """GPTQ fits a weight to one layer's inputs: a weight shared by layers has several."""
+    owner: dict[int, str] = {}
+    for index, group in targets.items():
+        for name, module in group.items():
+            full = f"{adapter.blocks_path}.{index}.{name}"
+            first = owner.setdefault(_storage(module), full)
+            if first != full:
+                raise BadInput(
+                    f"--method gptq: {full} shares its weight with {first}; quantize before "
+                    "sharing layers, or use --method rtn"
+                )
+
+
+def _attach_result(module: nn.Module, config: QuantizeConfig, scale, zero) -> None:
+    attach(
+        module,
+        QuantState(
+            bits=config.bits,
+            group_size=config.group_size,
+            symmetric=config.symmetric,
+            scale=scale.detach().float().cpu(),
+            zero=zero.detach().float().cpu(),
+        ),
+    )
+
+
+def _relative(delta: torch.Tensor, reference: torch.Tensor) -> float:
+    denom = float(reference.float().square().sum())
+    return float(delta.float().square().sum()) / denom if denom > 0 else 0.0
+
+
+def _layer_facts(old: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor | None) -> dict:
+    """Relative squared error of the weight and (with a Hessian) of the layer's output."""
+    delta = old.float() - new.float()
+    facts = {
+        "weight_error": round(_relative(delta, old), 8),
+        "sparsity": round(float((new == 0).sum()) / new.numel(), 6),
+    }
+    if hessian is not None:
+        # ||dW X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T)
+        num = float(((delta @ hessian) * delta).sum())
+        den = float(((old.float() @ hessian) * old.float()).sum())
+        facts["output_error"] = round(num / den, 8) if den > 0 else 0.0
+    return facts
+
+
+def _rtn(module: nn.Module, config: QuantizeConfig) -> dict:
+    w = matrix(module)
+    old = w.detach().clone()
+    deq, scale, zero = quantize_weight(w, config.grid())
+    w.copy_(deq)
+    _attach_result(module, config, scale, zero)
+    return _layer_facts(old, w, None)
+
+
+def _gptq_blocks(model, tokenizer, config, targets, device, progress, facts) -> float:
+    """Quantize every targeted linear with GPTQ, block by block; returns calibration seconds."""
+    t0 = time.perf_counter()
+    calib = load_calibration(config, tokenizer, model, device, progress, "--method gptq")
+    load_s = time.perf_counter() - t0
+    adapter = ArchAdapter(model)
+    joint, spec = config.joint(), config.grid()
+
+    def handle(step: BlockStep) -> None:
+        chosen = targets.get(step.index, {})
+        groups = [g for g in input_groups(adapter, step.block) if any(n in chosen for n in g)]
+        if not groups:
+            step.weights_changed = False
+            return
+        with watch_inputs(groups, hessian=True) as stats:
+            # Stop where the last watched group reads its input: nothing after it is needed.
+            step.feed(until=next(iter(groups[-1].values())))
+        for group, stat in zip(groups, stats, strict=True):
+            members = {n: m for n, m in group.items() if n in chosen}
+            hessian = stat.hessian()
+            stat.xtx = None  # one Hessian alive at a time
+            weights = [matrix(m) for m in members.values()]
+            old = torch.cat([w.detach().float() for w in weights])
+            where = f"block {step.index} {', '.join(members)}"
+            result = gptq_quantize(
+                old,
+                hessian,
+                spec,
+                joint=joint,
+                segments=[w.shape[0] for w in weights],
+                act_order=config.act_order,
+                blocksize=config.blocksize,
+                damp=config.damp,
+                where=where,
+            )
+            sizes = [w.shape[0] for w in weights]
+            parts = zip(
+                members.items(),
+                weights,
+                result.weight.split(sizes),
+                result.scale.split(sizes),
+                result.zero.split(sizes),
+                old.split(sizes),
+                strict=True,
+            )
+            for (name, module), w, new, scale, zero, before in parts:
+                w.copy_(new)
+                _attach_result(module, config, scale, zero)
+                full = f"{adapter.blocks_path}.{step.index}.{name}"
+                facts[full] = _layer_facts(before, new, hessian)
+
+    calib.run(model, handle, "gptq")
+    return load_s
+
+
+def quantize_model(
+    model: nn.Module,
+    tokenizer,
+    config: QuantizeConfig,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> dict:
+    """Quantize `model` in place as `config` says; its weights end on their grids.
+
+    Args:
+        model: a causal LM of a supported family (fp32 recommended).
+        tokenizer: its tokenizer (GPTQ samples calibration text with it).
+        config: the stage's settings.
+        device: where GPTQ runs each block (None: where the model is).
+        progress: print one progress line per block.
+
+    Returns:
+        JSON-able facts: method and grid, per-layer relative errors (weight and,
+        for GPTQ, layer output on the calibration data) and sparsity, counts,
+        the effective bits per weight of the quantized layers, and timings.
+
+    Raises:
+        BadInput: everything `check_quantize` refuses, missing or too little
+            calibration data, or a Hessian that cannot be made positive definite.
+    """
+    check_quantize(model.config, config)
+    adapter = ArchAdapter(model)
+    targets = select_targets(adapter, config)
+    if config.method == "gptq":
+        _refuse_shared(adapter, targets)
+    layers: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    calibration_s = 0.0
+    with torch.no_grad():
+        if config.method == "gptq":
+            calibration_s = _gptq_blocks(
+                model, tokenizer, config, targets, device, progress, layers
+            )
+        else:
+            grids: dict[int, QuantState] = {}
+            for index, group in targets.items():
+                for name, module in group.items():
+                    if _storage(module) in grids:  # a weight shared by layers is rounded once
+                        attach(module, grids[_storage(module)])
+                        continue
+                    layers[f"{adapter.blocks_path}.{index}.{name}"] = _rtn(module, config)
+                    grids[_storage(module)] = state_of(module)
+        _quantize_extra(adapter, config, layers)
+    elapsed = time.perf_counter() - t0
+    return _summary(model, config, layers, calibration_s, elapsed)
+
+
+def _storage(module: nn.Module) -> int:
+    return matrix(module).untyped_storage().data_ptr()
+
+
+def _quantize_extra(adapter: ArchAdapter, config: QuantizeConfig, layers: dict) -> None:
+    """Round the embedding and/or head to nearest; a tied pair is one matrix, done once."""
+    grids: dict[int, QuantState] = {}
+    for name, module in _extra_modules(adapter, config).items():
+        if _storage(module) not in grids:
+            layers[name] = _rtn(module, config)
+            grids[_storage(module)] = state_of(module)
+    # Tied embedding and head are one matrix: whichever was asked, both carry its grid.
+    for name, module in (("embeddings", adapter.embedding()), ("head", adapter.head())):
+        if module is not None and _storage(module) in grids:
+            attach(module, grids[_storage(module)])
+            layers.setdefault(name, {"tied": True})
+
+
+def _summary(model, config: QuantizeConfig, layers: dict, calibration_s, elapsed) -> dict:
+    modules = quantized_modules(model)
+    seen: set[int] = set()
+    weights = zeros = 0
+    for module in modules.values():
+        w = matrix(module)
+        if _storage(module) in seen:
+            continue
+        seen.add(_storage(module))
+        weights += w.numel()
+        zeros += int((w == 0).sum())
+    spec = config.grid()
+    per_group = 16 + (0 if spec.symmetric else 8)  # float16 scale (+ uint8 zero point)
+    group = spec.group_size
+    overhead = per_group / group if group else 0.0
+    return {
+        "method": config.method,
+        "bits": config.bits,
+        "group_size": config.group_size,
+        "symmetric": config.symmetric,
+        "act_order": config.act_order,
+        "joint_pattern": config.pattern if config.joint().active else None,
+        "joint_sparsity": config.joint().sparsity if config.joint().active else None,
+        "quantized_modules": len(modules),
+        "quantized_weights": weights,
+        "zero_weights": zeros,
+        "sparsity": round(zeros / weights, 6) if weights else 0.0,
+        "bits_per_weight": round(spec.bits + overhead, 4),
+        "layers": layers,
+        "calibration_s": round(calibration_s, 3),
+        "quantize_s": round(elapsed - calibration_s, 3),
+    }
