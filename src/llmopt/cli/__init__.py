@@ -23,6 +23,7 @@ VERBS: tuple[str, ...] = (
     "share",
     "train",
     "distill",
+    "export",
     "run",
     "report",
     "demo",
