@@ -8,6 +8,7 @@ facts a stage records: per-layer errors, bits, groups, sparsity, time.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -83,18 +84,29 @@ def _extra_modules(adapter: ArchAdapter, config: QuantizeConfig) -> dict[str, nn
     return extra
 
 
-def _check_width(name: str, in_features: int, config: QuantizeConfig) -> None:
-    size = config.group_size
-    if size is not None and in_features % size:
-        raise BadInput(
-            f"--group-size {size}: does not divide the input width {in_features} of {name}"
-        )
-    joint = config.joint()
-    if joint.structured and in_features % joint.m:
-        raise BadInput(
-            f"--pattern {config.pattern}: M={joint.m} does not divide the input width "
-            f"{in_features} of {name}"
-        )
+def _widest_group(widths: list[int], limit: int) -> int:
+    """The largest power of two up to `limit` that divides every width (at least 1)."""
+    common = math.gcd(*widths)
+    size = 1
+    while size * 2 <= limit and common % (size * 2) == 0:
+        size *= 2
+    return size
+
+
+def _check_widths(widths: dict[str, int], config: QuantizeConfig) -> None:
+    size, joint = config.group_size, config.joint()
+    for name, width in widths.items():
+        if size is not None and width % size:
+            hint = _widest_group(list(widths.values()), size)
+            raise BadInput(
+                f"--group-size {size}: does not divide the input width {width} of {name} "
+                f"({hint} divides every quantized width)"
+            )
+        if joint.structured and width % joint.m and not name.startswith("the "):
+            raise BadInput(
+                f"--pattern {config.pattern}: M={joint.m} does not divide the input width "
+                f"{width} of {name}"
+            )
 
 
 def _check_flags(config: QuantizeConfig) -> None:
@@ -119,16 +131,16 @@ def check_quantize(hf_config, config: QuantizeConfig) -> None:
     """
     spec_for(getattr(hf_config, "model_type", ""))
     _check_flags(config)
-    model = meta_model(hf_config)
-    adapter = ArchAdapter(model)
-    for index, group in select_targets(adapter, config).items():
-        for name, module in group.items():
-            _check_width(f"{adapter.blocks_path}.{index}.{name}", matrix(module).shape[1], config)
+    adapter = ArchAdapter(meta_model(hf_config))
+    widths = {
+        f"{adapter.blocks_path}.{index}.{name}": matrix(module).shape[1]
+        for index, group in select_targets(adapter, config).items()
+        for name, module in group.items()
+    }
+    # embeddings and head are rounded to nearest, never pruned: only the group size applies
     for name, module in _extra_modules(adapter, config).items():
-        size = config.group_size
-        width = matrix(module).shape[1]
-        if size is not None and width % size:
-            raise BadInput(f"--group-size {size}: does not divide the width {width} of the {name}")
+        widths[f"the {name}"] = matrix(module).shape[1]
+    _check_widths(widths, config)
 
 
 def _refuse_shared(adapter: ArchAdapter, targets: Targets) -> None:
@@ -158,22 +170,24 @@ def _attach_result(module: nn.Module, config: QuantizeConfig, scale, zero) -> No
     )
 
 
-def _relative(delta: torch.Tensor, reference: torch.Tensor) -> float:
-    denom = float(reference.float().square().sum())
-    return float(delta.float().square().sum()) / denom if denom > 0 else 0.0
+ERROR_ROWS = 256
+"""Output errors are estimated on at most this many evenly spaced rows (a matmul per row)."""
 
 
 def _layer_facts(old: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor | None) -> dict:
     """Relative squared error of the weight and (with a Hessian) of the layer's output."""
     delta = old.float() - new.float()
+    norm = float(old.float().square().sum())
+    zeros = new.numel() - int(torch.count_nonzero(new))
     facts = {
-        "weight_error": round(_relative(delta, old), 8),
-        "sparsity": round(float((new == 0).sum()) / new.numel(), 6),
+        "weight_error": round(float(delta.square().sum()) / norm, 8) if norm else 0.0,
+        "sparsity": round(zeros / new.numel(), 6),
     }
     if hessian is not None:
-        # ||dW X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T)
-        num = float(((delta @ hessian) * delta).sum())
-        den = float(((old.float() @ hessian) * old.float()).sum())
+        # ||dW X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T), on a sample of rows
+        rows = torch.linspace(0, old.shape[0] - 1, min(ERROR_ROWS, old.shape[0])).long()
+        d, w = delta[rows], old[rows].float()
+        num, den = float(((d @ hessian) * d).sum()), float(((w @ hessian) * w).sum())
         facts["output_error"] = round(num / den, 8) if den > 0 else 0.0
     return facts
 
@@ -322,7 +336,7 @@ def _summary(model, config: QuantizeConfig, layers: dict, calibration_s, elapsed
             continue
         seen.add(_storage(module))
         weights += w.numel()
-        zeros += int((w == 0).sum())
+        zeros += w.numel() - int(torch.count_nonzero(w))
     spec = config.grid()
     per_group = 16 + (0 if spec.symmetric else 8)  # float16 scale (+ uint8 zero point)
     group = spec.group_size
