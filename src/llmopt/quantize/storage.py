@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from llmopt.errors import BadInput
+from llmopt.quantize.check import meta_model
 from llmopt.quantize.grid import dequantize_codes, expand_groups, pack_codes, packed_size
 from llmopt.quantize.grid import unpack_codes as _unpack
-from llmopt.quantize.run import meta_model
 from llmopt.quantize.state import (
     QuantState,
     attach,
