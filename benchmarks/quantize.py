@@ -12,6 +12,8 @@ groups of 64 are the default.
 
     .venv/bin/python benchmarks/quantize.py --quick
     .venv/bin/python benchmarks/quantize.py --reference-python /tmp/llmc/bin/python
+    .venv/bin/python benchmarks/quantize.py --quick --only gptq-4,reference --no-gguf \
+        --reference-python /tmp/llmc/bin/python
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": [[1] * 
 weights = {"num_bits": a["bits"], "type": "int", "symmetric": True, "strategy": "group",
            "group_size": a["group_size"]}
 recipe = GPTQModifier(config_groups={"g": {"targets": ["Linear"], "weights": weights}},
-                      ignore=["lm_head"], block_size=a["blocksize"], dampening_frac=a["damp"])
+                      ignore=["lm_head"], block_size=a["blocksize"], dampening_frac=a["damp"],
+                      actorder="static" if a["act_order"] else None)
 t0, c0 = time.perf_counter(), time.process_time()
 oneshot(model=model, dataset=data, recipe=recipe, max_seq_length=seq, num_calibration_samples=n)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -69,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-max-tokens", type=int, default=65536)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--reference-python", default=None, help="python of an llm-compressor venv")
+    p.add_argument(
+        "--no-act-order",
+        dest="act_order",
+        action="store_false",
+        help="GPTQ in column order (default: static activation order, llm-compressor's default)",
+    )
+    p.add_argument("--only", default=None, help="comma-separated rows, e.g. gptq-4,reference")
     p.add_argument("--no-gguf", action="store_true")
     p.add_argument("--quick", action="store_true", help="16 x 256 calibration, 8192 eval tokens")
     p.add_argument("--json", default="benchmarks/results/quantize.json")
@@ -82,11 +92,12 @@ def settings(args: argparse.Namespace) -> dict[str, dict]:
     """Our configurations, by row name."""
     common = {"group_size": args.group_size, "calib_samples": args.calib_samples}
     common["calib_seq_len"] = args.calib_seq_len
+    order = {"act_order": args.act_order}  # N:M groups need the columns in order
     return {
         "rtn-8": {"method": "rtn", "bits": 8, **common},
         "rtn-4": {"method": "rtn", "bits": 4, **common},
-        "gptq-8": {"method": "gptq", "bits": 8, **common},
-        "gptq-4": {"method": "gptq", "bits": 4, **common},
+        "gptq-8": {"method": "gptq", "bits": 8, **order, **common},
+        "gptq-4": {"method": "gptq", "bits": 4, **order, **common},
         "gptq-4 + 2:4": {"method": "gptq", "bits": 4, "pattern": "2:4", **common},
     }
 
@@ -151,6 +162,7 @@ def reference_row(args, tokenizer, ids, work: Path) -> dict:
         "blocksize": config.blocksize,
         "damp": config.damp,
         "seq_len": args.seq_len,
+        "act_order": args.act_order,
     }
     cmd = [args.reference_python, str(work / "reference.py"), json.dumps(spec)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -212,20 +224,27 @@ def main(argv: list[str] | None = None) -> None:
     ids = load_corpus("pydoc", tokenizer, split="validation").ids[: args.eval_max_tokens]
     print(f"{'':>22}  {'MiB':>8}  {'lin/fp':>6}  {'ppl':>9}  {'quant s':>7}  {'cpu s':>7}")
     rows, models = [], {}
+    chosen = set(args.only.split(",")) if args.only else None
+
+    def wanted(name: str) -> bool:
+        return chosen is None or name in chosen
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows.append(dense_row(args, ids, work))
-        print_row(rows[-1])
+        if wanted("dense"):
+            rows.append(dense_row(args, ids, work))
+            print_row(rows[-1])
         for name, values in settings(args).items():
-            row, models[name] = our_row(args, name, values, tokenizer, ids, work)
-            rows.append(row)
-            print_row(row)
-            if name != "gptq-4":
-                del models[name]
-        if args.reference_python:
+            if wanted(name):
+                row, models[name] = our_row(args, name, values, tokenizer, ids, work)
+                rows.append(row)
+                print_row(row)
+                if name != "gptq-4":
+                    del models[name]
+        if args.reference_python and wanted("reference"):
             rows.append(reference_row(args, tokenizer, ids, work))
             print_row(rows[-1])
-        if not args.no_gguf:
+        if not args.no_gguf and "gptq-4" in models:
             for row in gguf_rows(args, tokenizer, ids, work, models["gptq-4"]):
                 rows.append(row)
                 print_row(row)

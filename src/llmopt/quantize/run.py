@@ -50,22 +50,25 @@ def _attach_result(module: nn.Module, config: QuantizeConfig, scale, zero) -> No
 
 
 ERROR_ROWS = 256
-"""Output errors are estimated on at most this many evenly spaced rows (a matmul per row)."""
+"""Errors are estimated on at most this many evenly spaced rows: a full pass over every
+weight and a matmul per row cost as much as the GPTQ walk itself on a CPU."""
 
 
 def _layer_facts(old: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor | None) -> dict:
-    """Relative squared error of the weight and (with a Hessian) of the layer's output."""
-    delta = old.float() - new.float()
-    norm = float(old.float().square().sum())
+    """Exact zero count, and relative squared errors of the weight and (with a Hessian,
+    ||dW X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T)) of the layer's output."""
     zeros = new.numel() - int(torch.count_nonzero(new))
+    rows = torch.linspace(0, old.shape[0] - 1, min(ERROR_ROWS, old.shape[0])).long()
+    w = old[rows].float()
+    d = w - new[rows].float()
+    norm = float(w.square().sum())
     facts = {
-        "weight_error": round(float(delta.square().sum()) / norm, 8) if norm else 0.0,
+        "weight_error": round(float(d.square().sum()) / norm, 8) if norm else 0.0,
         "sparsity": round(zeros / new.numel(), 6),
+        "weights": new.numel(),
+        "zero_weights": zeros,
     }
     if hessian is not None:
-        # ||dW X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T), on a sample of rows
-        rows = torch.linspace(0, old.shape[0] - 1, min(ERROR_ROWS, old.shape[0])).long()
-        d, w = delta[rows], old[rows].float()
         num, den = float(((d @ hessian) * d).sum()), float(((w @ hessian) * w).sum())
         facts["output_error"] = round(num / den, 8) if den > 0 else 0.0
     return facts
@@ -207,15 +210,9 @@ def _quantize_extra(adapter: ArchAdapter, config: QuantizeConfig, layers: dict) 
 
 def _summary(model, config: QuantizeConfig, layers: dict, calibration_s, elapsed) -> dict:
     modules = quantized_modules(model)
-    seen: set[int] = set()
-    weights = zeros = 0
-    for module in modules.values():
-        w = matrix(module)
-        if _storage(module) in seen:
-            continue
-        seen.add(_storage(module))
-        weights += w.numel()
-        zeros += w.numel() - int(torch.count_nonzero(w))
+    # each matrix rounded in this call has one entry (tied or shared partners have none)
+    weights = sum(f.get("weights", 0) for f in layers.values())
+    zeros = sum(f.get("zero_weights", 0) for f in layers.values())
     spec = config.grid()
     per_group = 16 + (0 if spec.symmetric else 8)  # float16 scale (+ uint8 zero point)
     group = spec.group_size
