@@ -4,7 +4,7 @@ compressed-tensors folder (vLLM).
 GGUF types: f16, q8_0, q4_0, q4_k (rows that do not split into whole blocks
 fall back to a type that fits). A model quantized by llmopt is copied without
 rounding again wherever the type holds its grid (q4_0 for 4-bit symmetric
-groups of a multiple of 32, q8_0 for 4-bit or 8-bit symmetric ones);
+groups of a multiple of 32, q8_0 for any 4-bit grid or an 8-bit symmetric one);
 compressed-tensors needs a quantized model and writes its grid as it is.
 """
 
