@@ -130,7 +130,7 @@ def no_allocation(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("the real model was allocated before the file was checked")
 
-    monkeypatch.setattr(storage, "_build_model", refuse)
+    monkeypatch.setattr(storage, "empty_model", refuse)
 
 
 def _rewrite(folder: Path, edit) -> None:

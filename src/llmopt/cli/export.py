@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llmopt.cli.common import add_model_argument, human_bytes, print_table
 from llmopt.errors import BadInput
 
 HELP = "export to GGUF (llama.cpp) or compressed-tensors (vLLM)"
@@ -21,7 +20,9 @@ FORMATS = ("gguf", "compressed-tensors")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_argument(parser)
+    parser.add_argument(
+        "model", metavar="MODEL", help="an llmopt output folder (any format), a zoo name or hub id"
+    )
     parser.add_argument("--format", required=True, choices=FORMATS, help="target format")
     parser.add_argument(
         "--type", default=None, help="GGUF tensor type: f16, q8_0 (default), q4_0, q4_k"
@@ -33,15 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_output(path: Path, overwrite: bool) -> None:
+    from llmopt.outputs import check_parent
+
     if path.exists() and not overwrite and (path.is_file() or any(path.iterdir())):
         raise BadInput(f"--output {path}: exists (pass --overwrite to replace it)")
-    if not path.parent.exists():
-        raise BadInput(f"--output {path}: its folder {path.parent} does not exist")
+    check_parent(path, "--output")
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmopt.cli.stages import print_table
     from llmopt.export import GGUF_TYPES, export_compressed_tensors, export_gguf
-    from llmopt.models import load_model, load_tokenizer
+    from llmopt.export.gguf import FAMILIES
+    from llmopt.models import load_tokenizer
+    from llmopt.pipeline.formats import load_checkpoint, open_source
+    from llmopt.units import human_bytes
 
     output = Path(args.output).expanduser()
     if args.format == "gguf":
@@ -51,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.type is not None:
         raise BadInput(f"--type {args.type!r}: only for --format gguf")
     _check_output(output, args.overwrite)
+    source = open_source(args.model)
+    family = source.hf_config.model_type
+    if args.format == "gguf" and family not in FAMILIES:  # before loading any weights
+        raise BadInput(
+            f"--format gguf: model family {family!r} has no GGUF mapping; "
+            f"supported: {', '.join(FAMILIES)}"
+        )
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
+    model = load_checkpoint(source)
     if args.format == "gguf":
         facts = export_gguf(model, tokenizer, output, qtype)
         types = ", ".join(f"{n} {k}" for k, n in sorted(facts["tensor_types"].items()))

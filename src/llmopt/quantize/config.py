@@ -12,10 +12,11 @@ from llmopt.config import Fraction01, PositiveInt
 from llmopt.errors import BadInput
 from llmopt.quantize.gptq import JointSparsity
 from llmopt.quantize.grid import GridSpec
+from llmopt.stage import StageConfig
 
 
-class QuantizeConfig(CalibrationSettings):
-    """What `llmopt quantize` does (weight-only quantization, optionally joint with pruning)."""
+class QuantizeConfig(StageConfig, CalibrationSettings):
+    """What `llmopt quantize` does: weight-only quantization, optionally joint with pruning."""
 
     method: Literal["rtn", "gptq"]
     """rtn: round each weight to its grid (no data); gptq: round column by column and

@@ -33,6 +33,9 @@ import torch
 from torch import nn
 
 from llmopt.errors import BadInput
+from llmopt.formats import CheckpointFormat
+from llmopt.models.loading import empty_model
+from llmopt.models.tensors import unique_state
 from llmopt.quantize.check import meta_model
 from llmopt.quantize.grid import dequantize_codes, expand_groups, pack_codes, packed_size
 from llmopt.quantize.grid import unpack_codes as _unpack
@@ -52,25 +55,6 @@ HEADER_KEY = "llmopt"
 CODES, SCALES, ZEROS, MASK = "::codes", "::scales", "::zeros", "::bitmask"
 SUFFIXES = (CODES, SCALES, ZEROS, MASK)
 LAYER_KEYS = {"bits", "group_size", "symmetric", "shape", "sparse"}
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-
-
-def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    # Tied tensors are stored once, under their first name; the others are aliases.
-    seen: dict[tuple, str] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    for name, t in model.state_dict().items():
-        key = _storage_key(t)
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            tensors[name] = t
-    return tensors, aliases
 
 
 def _encode(name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
@@ -120,7 +104,7 @@ def save_quantized_model(model: nn.Module, folder: str | Path) -> dict:
     if not modules:
         raise BadInput("this model is not quantized; save it as an ordinary checkpoint")
     by_key = {f"{name}.weight": module for name, module in modules.items()}
-    tensors, aliases = _unique_state(model)
+    tensors, aliases = unique_state(model)
     out: dict[str, torch.Tensor] = {}
     layers: dict[str, dict] = {}
     quantized_bytes = fp32_bytes = 0
@@ -149,20 +133,6 @@ def save_quantized_model(model: nn.Module, folder: str | Path) -> dict:
         "quantized_bytes": quantized_bytes,
         "quantized_fp32_bytes": fp32_bytes,
     }
-
-
-def _build_model(config, dtype: torch.dtype) -> nn.Module:
-    """Allocate the real model (skipping random init: every tensor is overwritten)."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.tie_weights()  # tying is part of the init that was skipped
-    return model
 
 
 def load_quantized_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -194,7 +164,7 @@ def load_quantized_model(folder: str | Path, dtype: torch.dtype = torch.float32)
             if not isinstance(blocks, int) or not 0 < blocks <= len(handle.keys()):
                 raise BadInput(f"{path}: {blocks!r} blocks in config.json do not fit the file")
             plan = _Plan.check(handle, meta_model(config), path)
-            model = _build_model(config, dtype)
+            model = empty_model(config, dtype)
             plan.fill(model, handle, dtype)
     except SafetensorError as err:
         raise BadInput(f"{path}: unreadable weights file ({err})") from None
@@ -337,3 +307,24 @@ def _decode(name: str, entry: dict, handle) -> tuple[QuantState, torch.Tensor]:
     weight = dequantize_codes(codes_t, expand_groups(scale, cols), full_zero)
     state = QuantState(bits, entry["group_size"], symmetric, scale, zero)
     return state, weight
+
+
+def holds(model: nn.Module) -> bool:
+    """True when the model is quantized and every quantized weight is still on its grid."""
+    modules = quantized_modules(model)
+    return bool(modules) and all(current_codes(m) is not None for m in modules.values())
+
+
+def _save(model: nn.Module, folder: Path, requested: str | None) -> tuple[str, dict]:
+    return "quantized", save_quantized_model(model, folder)
+
+
+QUANTIZED = CheckpointFormat(
+    name="quantized",
+    description="packed integer codes, float16 scales (and zero points, bitmask)",
+    save=_save,
+    load=load_quantized_model,
+    holds=holds,
+)
+"""The registered format. A model trained after quantizing left its grid: it is then
+saved dense unless this format is asked for (which refuses it)."""

@@ -172,7 +172,7 @@ def check_slim(hf_config, config: SlimConfig) -> None:
     if removes and config.calib_data is None:
         raise BadInput("--calib-data none: slimming scores importance on calibration data")
     positions = config_max_positions(hf_config)
-    if removes and config.calib_seq_len > positions:
+    if removes and config.calib_seq_len is not None and config.calib_seq_len > positions:
         raise BadInput(
             f"--calib-seq-len {config.calib_seq_len}: the model has {positions} positions"
         )
