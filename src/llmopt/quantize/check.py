@@ -138,3 +138,27 @@ def check_quantize(hf_config, config: QuantizeConfig) -> None:
     }
     extras = {f"the {n}": matrix(m).shape[1] for n, m in extra_modules(adapter, config).items()}
     _check_widths(linears, extras, config)
+
+
+def resolve_group_size(hf_config, config: QuantizeConfig) -> QuantizeConfig:
+    """The config with a group size that fits the model, when the user gave none.
+
+    The default (128) does not divide every width of some models (smollm2's 576):
+    then the largest power of two below it that divides every quantized width is
+    used instead. A group size the user asked for is kept (and checked).
+    """
+    if "group_size" in config.model_fields_set or config.group_size is None:
+        return config
+    spec_for(getattr(hf_config, "model_type", ""))
+    adapter = ArchAdapter(meta_model(hf_config))
+    widths = [
+        matrix(module).shape[1]
+        for group in select_targets(adapter, config).values()
+        for module in group.values()
+    ]
+    widths += [matrix(m).shape[1] for m in extra_modules(adapter, config).values()]
+    if all(w % config.group_size == 0 for w in widths):
+        return config
+    fitted = config.model_copy(update={"group_size": _widest_group(widths, config.group_size)})
+    fitted.model_fields_set.discard("group_size")  # still the default's choice, not the user's
+    return fitted

@@ -24,8 +24,9 @@ class QuantizeConfig(StageConfig, CalibrationSettings):
     bits: Literal[4, 8]
     """Bits per weight."""
     group_size: int | None = 128
-    """Inputs sharing one scale and zero point; None or -1: one per output channel.
-    Must divide the input width of every quantized layer."""
+    """Inputs sharing one scale and zero point (-1: one per output channel); must divide
+    every quantized input width. Left at the default, a smaller power of two is used
+    where 128 does not divide (smollm2's 576-wide layers get 64)."""
     symmetric: bool = True
     """Zero point fixed at the middle of the grid (the vLLM/W4A16 and GGUF q4_0 layout);
     False: a zero point per group, which fits skewed groups better."""

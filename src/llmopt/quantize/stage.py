@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from llmopt.errors import BadInput
-from llmopt.quantize.check import check_quantize
+from llmopt.quantize.check import check_quantize, resolve_group_size
 from llmopt.quantize.config import QuantizeConfig
 from llmopt.quantize.run import quantize_model
 from llmopt.stage import ModelSource, Stage, StageContext, StageResult
@@ -40,6 +40,7 @@ class QuantizeStage(Stage):
             raise BadInput(
                 f"{source.spec}: quantizing a model whose layers share tensors is not supported"
             )
+        self.config = resolve_group_size(source.hf_config, self.config)
         check_quantize(source.hf_config, self.config)
 
     def apply(self, model: nn.Module, tokenizer, ctx: StageContext) -> StageResult:
