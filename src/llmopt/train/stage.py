@@ -82,8 +82,8 @@ class TrainStage(Stage):
 
     def check(self, source: ModelSource) -> None:
         """Sequence length, precision, FSDP and the resume checkpoint, from configs alone."""
-        from llmopt.pipeline.launch import inside_workers
         from llmopt.runtime import pick_device
+        from llmopt.train.distributed import launched_by_torchrun
         from llmopt.train.precision import resolve_precision
 
         cfg = self.config
@@ -91,7 +91,7 @@ class TrainStage(Stage):
         if positions is not None and cfg.seq_len > positions:
             raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
         resolve_precision(cfg.precision, pick_device(cfg.device))
-        if cfg.fsdp and cfg.nproc < 2 and not inside_workers():
+        if cfg.fsdp and cfg.nproc < 2 and not launched_by_torchrun():
             raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
         if cfg.resume:
             self._check_resume(cfg.nproc)
