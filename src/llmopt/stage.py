@@ -133,6 +133,8 @@ class Stage(ABC):
     """One line for `llmopt --help`."""
     config_class: ClassVar[type[StageConfig]]
     writes_checkpoint: ClassVar[bool] = True
+    output_format: ClassVar[str | None] = None
+    """The format its output is saved in when none is asked for (None: the input's)."""
     distributed: ClassVar[bool] = False
     """True for stages that can run as several processes (`nproc`)."""
 

@@ -38,7 +38,10 @@ def verb_flags(name: str) -> set[str]:
     return flags
 
 
-MINIMAL = {"prune": {"method": "magnitude", "sparsity": 0.5}}
+MINIMAL = {
+    "prune": {"method": "magnitude", "sparsity": 0.5},
+    "quantize": {"method": "rtn", "bits": 8},
+}
 """The keys a stage cannot do without (the others have defaults)."""
 
 

@@ -33,6 +33,8 @@ EVERY_KIND = {
                    "save_format": "shared"},
         "shared-kd": {"stage": "distill", "teacher": "@input", "steps": 2, "seq_len": 32,
                       "micro_batch_size": 2},
+        "slim": {"stage": "slim", "model": "@input", "ffn": 0.5, "round_to": 16},
+        "gptq": {"stage": "quantize", "method": "gptq", "bits": 4, "group_size": 16},
     },
 }  # fmt: skip
 
@@ -51,7 +53,8 @@ def test_every_stage_kind_runs_into_one_folder_with_a_report(write_recipe, tmp_p
     # Compact formats survive later stages unless asked otherwise.
     formats = {n: read_record(tmp_path / "run" / n)["format"] for n in names}
     assert formats == {"pruned": "sparse", "trained": "sparse", "kd": "sparse",
-                       "shared": "shared", "shared-kd": "shared"}  # fmt: skip
+                       "shared": "shared", "shared-kd": "shared", "slim": "dense",
+                       "gptq": "quantized"}  # fmt: skip
     kd = read_record(tmp_path / "run" / "kd")
     assert [h["stage"] for h in kd["history"]] == ["prune", "train"]
     assert kd["metrics"]["after"]["sparsity"] >= 0.3  # the 2:4 zeros survived two trainings

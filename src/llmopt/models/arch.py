@@ -6,7 +6,12 @@ Adding a family means adding one `ArchSpec` to `SPECS`.
 
 Linear layers are returned as modules; `weight_out_in` gives every weight in
 the (out_features, in_features) orientation of `nn.Linear`, also for GPT-2's
-`Conv1D`, whose weight is stored transposed.
+`Conv1D`, whose weight is stored transposed (`stored_weight` turns such a
+weight back into the module's own orientation).
+
+The `config_*` functions read the sizes that structural slimming changes from a
+transformers config alone, so a stage can check a request before any model is
+loaded; `ArchSpec` names the config keys that hold them.
 """
 
 from __future__ import annotations
@@ -47,7 +52,21 @@ class ArchSpec:
     pos_embed: str | None = None
     """Learned position embedding, relative to the backbone (None for rotary)."""
     fused_qkv: str | None = None
-    """Layout of a fused qkv projection: '3hd' (GPT-2) or 'h3d' (GPT-NeoX)."""
+    """Layout of a fused qkv projection: '3hd' (GPT-2) or 'h3d' (GPT-NeoX).
+
+    Where it is None, `attn_in` lists the separate projections in the order q, k, v."""
+    ffn_key: str = "intermediate_size"
+    """Config key of the MLP width (channels between `mlp_in` and `mlp_out`)."""
+    ffn_default_factor: int | None = None
+    """Where the config may leave the MLP width unset (GPT-2's n_inner): width = factor * hidden."""
+    head_dim_key: str | None = None
+    """Config key the attention reads its head size from; None where the family
+    derives it as hidden_size // num_attention_heads, so that fewer heads at the
+    same head size cannot be expressed."""
+    kv_heads_key: str | None = None
+    """Config key of the number of key/value heads (grouped-query attention); None: one per head."""
+    per_layer_keys: tuple[str, ...] = ()
+    """Config keys holding one entry per decoder layer (sliced when layers are removed)."""
 
 
 SPECS: tuple[ArchSpec, ...] = (
@@ -65,6 +84,9 @@ SPECS: tuple[ArchSpec, ...] = (
         mlp_in=("mlp.gate_proj", "mlp.up_proj"),
         mlp_out=("mlp.down_proj",),
         norms=("input_layernorm", "post_attention_layernorm"),
+        head_dim_key="head_dim",
+        kv_heads_key="num_key_value_heads",
+        per_layer_keys=("layer_types",),
     ),
     ArchSpec(
         family="gpt2",
@@ -82,6 +104,8 @@ SPECS: tuple[ArchSpec, ...] = (
         mlp_out=("mlp.c_proj",),
         norms=("ln_1", "ln_2"),
         fused_qkv="3hd",
+        ffn_key="n_inner",
+        ffn_default_factor=4,
     ),
     ArchSpec(
         family="opt",
@@ -98,6 +122,7 @@ SPECS: tuple[ArchSpec, ...] = (
         mlp_in=("fc1",),
         mlp_out=("fc2",),
         norms=("self_attn_layer_norm", "final_layer_norm"),
+        ffn_key="ffn_dim",
     ),
     ArchSpec(
         family="gpt_neox",
@@ -135,6 +160,88 @@ def spec_for(model_type: str) -> ArchSpec:
     )
 
 
+def qkv_names(spec: ArchSpec) -> tuple[str, str, str]:
+    """The separate q, k and v projections of a block, relative to the block.
+
+    Raises:
+        ValueError: the family fuses q, k and v into one linear.
+    """
+    if spec.fused_qkv is not None or len(spec.attn_in) != 3:
+        raise ValueError(f"{spec.family} has a fused qkv projection")
+    q, k, v = spec.attn_in
+    return q, k, v
+
+
+def config_num_heads(config) -> int:
+    """Query heads per layer, from a transformers config."""
+    return int(config.num_attention_heads)
+
+
+def config_kv_heads(config) -> int:
+    """Key/value heads per layer (= query heads without grouped-query attention)."""
+    return int(getattr(config, "num_key_value_heads", None) or config_num_heads(config))
+
+
+def config_head_dim(config) -> int:
+    """Size of one attention head (explicit where the config says, else hidden / heads)."""
+    explicit = getattr(config, "head_dim", None)
+    return int(explicit or config.hidden_size // config_num_heads(config))
+
+
+def config_ffn_width(spec: ArchSpec, config) -> int:
+    """Channels of one MLP (intermediate size), from a transformers config."""
+    value = getattr(config, spec.ffn_key, None)
+    if value is None and spec.ffn_default_factor is not None:
+        value = spec.ffn_default_factor * config.hidden_size
+    if value is None:
+        raise ValueError(f"{spec.family} config has no {spec.ffn_key!r}")
+    return int(value)
+
+
+def config_num_layers(config) -> int:
+    """Decoder layers, from a transformers config."""
+    return int(config.num_hidden_layers)
+
+
+def set_config_sizes(
+    spec: ArchSpec,
+    config,
+    layers: int | None = None,
+    ffn: int | None = None,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+) -> None:
+    """Write new sizes into a transformers config (in place); None leaves a size as it is.
+
+    Changing the head counts pins the head size explicitly first, so that it stays
+    what it was instead of becoming hidden_size // fewer heads.
+
+    Raises:
+        ValueError: head counts change in a family whose config cannot express that.
+    """
+    if heads is not None or kv_heads is not None:
+        if spec.head_dim_key is None or spec.kv_heads_key is None:
+            raise ValueError(f"{spec.family} configs cannot express fewer attention heads")
+        setattr(config, spec.head_dim_key, config_head_dim(config))
+        if heads is not None:
+            config.num_attention_heads = heads
+        if kv_heads is not None:
+            setattr(config, spec.kv_heads_key, kv_heads)
+    if layers is not None:
+        config.num_hidden_layers = layers
+    if ffn is not None:
+        setattr(config, spec.ffn_key, ffn)
+
+
+def config_max_positions(config) -> int:
+    """Positions the model can attend over (2048 where the config does not say)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    return 2048
+
+
 def get_path(root: nn.Module, path: str) -> nn.Module:
     """Follow a dotted attribute path ('' is the root itself)."""
     obj = root
@@ -160,6 +267,16 @@ def weight_out_in(module: nn.Module) -> torch.Tensor:
         return module.weight.data
     if type(module).__name__ == "Conv1D":
         return module.weight.data.t()
+    raise TypeError(f"not a linear layer: {type(module).__name__}")
+
+
+def stored_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """An (out_features, in_features) weight laid out as `module` stores it (inverse of
+    `weight_out_in`): transposed for GPT-2's `Conv1D`, as it is for `nn.Linear`."""
+    if isinstance(module, nn.Linear):
+        return weight
+    if type(module).__name__ == "Conv1D":
+        return weight.t().contiguous()
     raise TypeError(f"not a linear layer: {type(module).__name__}")
 
 
@@ -236,22 +353,20 @@ class ArchAdapter:
 
     @property
     def num_heads(self) -> int:
-        return int(self.config.num_attention_heads)
+        return config_num_heads(self.config)
 
     @property
     def num_kv_heads(self) -> int:
-        return int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+        return config_kv_heads(self.config)
 
     @property
     def head_dim(self) -> int:
-        explicit = getattr(self.config, "head_dim", None)
-        return int(explicit or self.config.hidden_size // self.num_heads)
+        return config_head_dim(self.config)
+
+    @property
+    def ffn_width(self) -> int:
+        return config_ffn_width(self.spec, self.config)
 
     @property
     def max_positions(self) -> int:
-        cfg = self.config
-        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-            value = getattr(cfg, key, None)
-            if value:
-                return int(value)
-        return 2048
+        return config_max_positions(self.config)

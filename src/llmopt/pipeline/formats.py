@@ -18,10 +18,11 @@ from torch import nn
 from llmopt.errors import BadInput, did_you_mean
 from llmopt.formats import DENSE, CheckpointFormat
 from llmopt.prune.storage import SPARSE
+from llmopt.quantize.storage import QUANTIZED
 from llmopt.share.storage import SHARED
 from llmopt.stage import ModelSource
 
-FORMATS: dict[str, CheckpointFormat] = {f.name: f for f in (DENSE, SPARSE, SHARED)}
+FORMATS: dict[str, CheckpointFormat] = {f.name: f for f in (DENSE, SPARSE, SHARED, QUANTIZED)}
 
 
 def get_format(name: str, flag: str = "--save-format") -> CheckpointFormat:

@@ -25,7 +25,9 @@ LOCK_ENV = "LLMOPT_OUTPUT_LOCKED"
 
 def inside_workers() -> bool:
     """True inside a process that torchrun (or another launcher) started."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    from llmopt.train.distributed import launched_by_torchrun
+
+    return launched_by_torchrun()
 
 
 def lock_held_by_launcher() -> bool:

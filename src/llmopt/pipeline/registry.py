@@ -9,10 +9,21 @@ from __future__ import annotations
 from llmopt.distill.stage import DistillStage
 from llmopt.evaluate.stage import EvalStage
 from llmopt.prune.stage import PruneStage
+from llmopt.quantize.stage import QuantizeStage
 from llmopt.share.stage import ShareStage
+from llmopt.slim.stage import SlimStage
 from llmopt.stage import Stage
 from llmopt.train.stage import TrainStage
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in (EvalStage, PruneStage, ShareStage, TrainStage, DistillStage)
+    cls.name: cls
+    for cls in (
+        EvalStage,
+        PruneStage,
+        SlimStage,
+        QuantizeStage,
+        ShareStage,
+        TrainStage,
+        DistillStage,
+    )
 }

@@ -171,9 +171,10 @@ def _execute(
     if result.model is None:
         raise StageFailed(f"{name}: produced no model")
     _check_finite(result.model, name)
-    fmt = choose_format(result.model, cfg.save_format, source.format)
+    requested = cfg.save_format or job.output_format
+    fmt = choose_format(result.model, requested, source.format)
     with staged_output(dest, overwrite) as tmp:
-        record.format, facts = fmt.save(result.model, tmp, cfg.save_format)
+        record.format, facts = fmt.save(result.model, tmp, requested)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if facts:

@@ -91,8 +91,8 @@ class TrainStage(Stage):
         truncated or corrupt resume checkpoint and a run folder that holds
         another run are refused here (see `llmopt.train.run_folder`).
         """
-        from llmopt.pipeline.launch import inside_workers
         from llmopt.runtime import pick_device
+        from llmopt.train.distributed import launched_by_torchrun
         from llmopt.train.precision import resolve_precision
 
         cfg = self.config
@@ -100,7 +100,7 @@ class TrainStage(Stage):
         if positions is not None and cfg.seq_len > positions:
             raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
         resolve_precision(cfg.precision, pick_device(cfg.device))
-        if cfg.fsdp and cfg.nproc < 2 and not inside_workers():
+        if cfg.fsdp and cfg.nproc < 2 and not launched_by_torchrun():
             raise BadInput("--fsdp needs several processes (--nproc N or torchrun)")
         self.resume_meta = self._check_resume(cfg.nproc) if cfg.resume else None
         self._check_run_dir(source)
