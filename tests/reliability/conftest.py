@@ -60,10 +60,10 @@ def copy_model(source: Path, dest: Path) -> Path:
     return dest
 
 
-def spawn(*argv: str, **kwargs) -> subprocess.Popen:
-    """`llmopt ARGV...` as a real process (one thread, this checkout's sources)."""
+def spawn(*argv: str, path: tuple[Path, ...] = (), **kwargs) -> subprocess.Popen:
+    """`llmopt ARGV...` as a real process (one thread, this checkout's sources, `path` first)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, path), src, env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "llmopt.cli", *map(str, argv)]
     return subprocess.Popen(command, env=env, text=True, **kwargs)
