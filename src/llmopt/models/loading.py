@@ -4,7 +4,9 @@ Ordinary checkpoints load with plain transformers. Folders written in one of
 llmopt's compact formats (a sparse or a shared-layer checkpoint) say so in
 their `llmopt.json` (`"format": NAME`); `load_model` here refuses them, and
 `llmopt.load_model` (`llmopt.pipeline.formats.load_checkpoint`), which knows
-every technique's format, reads them.
+every technique's format, reads them. Before a local folder is loaded, its
+config.json and weights headers are checked (`llmopt.models.validate`), so a
+damaged or crafted file is refused before it can drive an allocation.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resumable checkpoints: written whole or not at all, the newest K kept.
+"""Resumable checkpoints: written whole or not at all, checked whole before a resume.
 
 A checkpoint is a folder `step-0000010/` holding the model and optimizer
 state (full, unsharded tensors: the same files for 1 process, DDP or FSDP),
@@ -6,7 +6,9 @@ the scheduler, the loss scaler, every process's RNG states, the data position
 and the loss history (`trainer.json`). It is written into a hidden temporary
 sibling and renamed into place, so a process killed mid-save leaves the
 previous checkpoint as the newest complete one; hidden folders are never
-taken for checkpoints.
+taken for checkpoints. After each save the newest K up to the current step
+are kept (`rotate`), so the newest checkpoint is always the current run's.
+A resume reads nothing before `check_checkpoint` has found every file whole.
 """
 
 from __future__ import annotations
