@@ -157,3 +157,15 @@ def test_a_record_that_is_not_a_json_object_is_bad_input(cli, tmp_path, tiny_lla
     (model / "llmopt.json").write_text('["not", "a", "record"]')
     r = cli("eval", model, "--no-speed", "--no-progress")
     assert r.code == 2 and "llmopt.json: corrupt (not a JSON object)" in one_line(r.err)
+
+
+def test_a_teacher_too_large_for_memory_is_refused_before_the_student_loads(
+    cli, tmp_path, tiny_llama_dir, no_model_load
+):
+    teacher = copy_model(tiny_llama_dir, tmp_path / "teacher")
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "hidden_size": 2**30}))
+    r = cli("distill", "tiny-llama", "--teacher", teacher, "-o", tmp_path / "out", *QUICK)
+    assert r.code == 2
+    assert f"--teacher {teacher}: config.json describes" in one_line(r.err)
+    assert not (tmp_path / "out").exists()

@@ -51,6 +51,17 @@ def _model_config(spec: str):
     return read_config(resolve_model(spec), spec)
 
 
+def _check_teacher_config(spec: str) -> None:
+    """The teacher exists and its config.json describes a model that fits in memory.
+
+    Raises:
+        BadInput: it does not resolve, its config is unreadable, or it is too large.
+    """
+    from llmopt.models.validate import check_config
+
+    check_config(_model_config(spec), f"--teacher {spec}")
+
+
 def _needed_rows(cfg: DistillConfig, num_rows: int, world_size: int) -> list[int]:
     per_step = cfg.micro_batch_size * cfg.grad_accum * world_size
     return visited_rows(num_rows, per_step, cfg.steps, cfg.seed)
@@ -287,6 +298,11 @@ class DistillStage(TrainStage):
                 raise BadInput("--teacher is required to make the cache --cache-teacher names")
         elif cfg.teacher is None:
             raise BadInput("--teacher is required (unless --cache-teacher names a finished cache)")
+        cached = (
+            cfg.cache_teacher is not None and read_cache_meta(Path(cfg.cache_teacher)) is not None
+        )
+        if cfg.teacher is not None and not cached:
+            _check_teacher_config(cfg.teacher)
 
     def before_launch(self, ctx: StageContext) -> None:
         """Check the data, then make the teacher cache once, before the workers start."""
