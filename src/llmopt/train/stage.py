@@ -24,6 +24,7 @@ from llmopt.stage import ModelSource, Stage, StageConfig, StageContext, StageRes
 from llmopt.train.callbacks import Callback
 from llmopt.train.config import TrainConfig
 from llmopt.train.objective import Objective
+from llmopt.train.run_folder import RunFolderPlan, plan_run_folder
 from llmopt.train.tracking import METRICS_FILE
 from llmopt.train.trainer import Trainer
 from llmopt.units import human_count
@@ -73,14 +74,16 @@ class TrainStage(Stage):
     resume_meta: dict[str, Any] | None = None
     """The resumed checkpoint's trainer.json (set by `check`)."""
     resume_path: Path | None = None
+    """The resumed checkpoint folder (set by `check`)."""
 
     @property
     def run_dir(self) -> Path:
+        """The run folder (absolute): `--run-dir`, else OUTPUT.train."""
         cfg = self.config
         if cfg.run_dir:
-            return Path(cfg.run_dir).expanduser()
+            return Path(cfg.run_dir).expanduser().resolve()
         assert self.output is not None
-        return default_run_dir(self.output)
+        return default_run_dir(self.output).resolve()
 
     # ----- checks ------------------------------------------------------------------------
 
@@ -122,7 +125,7 @@ class TrainStage(Stage):
         """Where the run folder is, that it can be written, that no other run has it."""
         from llmopt.outputs import check_parent, check_unlocked
 
-        run_dir = self.run_dir.expanduser().resolve()
+        run_dir = self.run_dir
         if self.output is not None and _inside(run_dir, self.output.resolve()):
             raise BadInput(
                 f"--run-dir {run_dir}: inside the output {self.output}, "
@@ -138,9 +141,8 @@ class TrainStage(Stage):
         check_unlocked(run_dir, "--run-dir")
         self._run_plan()
 
-    def _run_plan(self):
-        from llmopt.train.run_folder import plan_run_folder
-
+    def _run_plan(self) -> RunFolderPlan:
+        """What this run may do to its run folder (raises BadInput if it may not use it)."""
         meta = self.resume_meta
         step = meta["step"] if meta is not None else 0
         return plan_run_folder(self.run_dir, self.resume_path, step, self.overwrite)
@@ -215,7 +217,7 @@ class TrainStage(Stage):
         assert self.trainer is not None
         if not ctx.is_main:
             return self.trainer.fit()
-        with output_lock(self.run_dir.expanduser().resolve(), "--run-dir"):
+        with output_lock(self.run_dir, "--run-dir"):
             # Planned again under the lock: the folder may have changed since `check`.
             self._run_plan().execute()
             return self.trainer.fit()
