@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -124,12 +125,22 @@ def test_an_output_whose_parent_cannot_be_made_is_refused_before_work(cli, tmp_p
     assert r.code == 2 and "cannot create its folder" in one_line(r.err)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
-def test_an_unwritable_output_parent_is_refused_before_work(cli, tmp_path):
+def test_an_unwritable_output_parent_is_refused_before_work(cli, tmp_path, monkeypatch):
+    import llmopt.outputs as outputs
+
     parent = tmp_path / "locked"
     parent.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root may write anywhere: deny it as the kernel denies a user
+        access = os.access
+        monkeypatch.setattr(
+            outputs.os, "access", lambda path, mode: Path(path) != parent and access(path, mode)
+        )
+    monkeypatch.setattr("llmopt.pipeline.runner.load_checkpoint", _must_not_load)
     r = cli("share", "tiny-llama", "-o", parent / "out", *SHARE)
-    assert r.code == 2 and "is not writable" in one_line(r.err)
+    assert r.code == 2 and f"its folder {parent} is not writable" in one_line(r.err)
+    r = cli("train", "tiny-llama", "-o", tmp_path / "out", *QUICK, "--run-dir", parent / "run")
+    assert r.code == 2 and f"its folder {parent} is not writable" in one_line(r.err)
+    assert list(parent.iterdir()) == [] and not (tmp_path / "out").exists()
 
 
 def test_json_pointing_at_a_folder_is_refused_before_work(cli, tmp_path, monkeypatch):
