@@ -56,12 +56,14 @@ def test_overwrite_removes_the_old_run_only_after_every_check(cli, tmp_path, use
 
 
 def test_overwrite_with_a_shorter_run_starts_clean(cli, tmp_path, used_run):
+    (used_run / "notes.md").write_text("the user's own file")
     r = cli("train", "tiny-llama", "-o", tmp_path / "second", *QUICK, *SAVE,
             "--run-dir", used_run, "--overwrite")  # fmt: skip
     assert r.code == 0, r.err
     # Only this run's checkpoints and rows: nothing of the old run survives to be resumed.
     assert _checkpoints(used_run) == [ckpt.checkpoint_name(1), ckpt.checkpoint_name(2)]
     assert _steps_logged(used_run) == [1, 2]
+    assert (used_run / "notes.md").read_text() == "the user's own file"  # not llmopt's: kept
     newest = ckpt.find_checkpoint(used_run)
     assert ckpt.read_meta(newest)["config"]["steps"] == 2  # the new run's, not the old one's
     assert not [n for n in leftovers(tmp_path) if n.endswith(".lock")]

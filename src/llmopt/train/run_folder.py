@@ -67,8 +67,10 @@ class RunFolderPlan:
         """Make the folder ready for the run (call with its lock held, before training)."""
         checkpoints = self.run_dir / CHECKPOINTS
         _remove_temporaries(checkpoints)
+        # Only what a run writes goes: anything else the user keeps there stays.
         if self.clear:
-            shutil.rmtree(checkpoints, ignore_errors=True)
+            for path in list_checkpoints(checkpoints):
+                shutil.rmtree(path)
             shutil.rmtree(self.run_dir / TENSORBOARD, ignore_errors=True)
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if self.drop_after is not None:
