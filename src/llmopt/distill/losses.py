@@ -22,11 +22,11 @@ keeps its scale comparable to the hard-label loss as T changes.
 
 Memory: the logits of a batch are [tokens, vocab]. Upcasting both to fp32 and
 taking softmaxes for the whole batch would allocate several fp32 copies of
-that. The loss is therefore evaluated `chunk_tokens` positions of one
-sequence at a time, and each chunk's gradient is taken as soon as its loss
-is (see `_ChunkedLoss`), so at most one chunk's fp32 temporaries exist at
-any moment; the only full-size extra is the gradient itself, in the logits'
-own dtype.
+that. The loss is therefore evaluated `chunk_tokens` positions at a time,
+and each chunk's gradient is taken as soon as its loss is (see `_ChunkedLoss`
+and `_FusedHeadLoss`), so at most one chunk's fp32 temporaries exist at any
+moment; the only full-size extra is the gradient itself, in the logits' own
+dtype (which `fused_distillation_loss` writes over the logits).
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_TOKENS = 256
+DEFAULT_CHUNK_TOKENS = 16
+"""Rows per chunk. Small chunks stay in cache and below the allocator's mmap
+threshold: the loss of 512 rows x 49,152 took 0.55 s of CPU at 16 rows per
+chunk, 0.66 s at 64 and 1.17 s at 256 (bf16, one thread, loaded machine).
+A closed-form forward-KL gradient instead of the per-chunk autograd measured
+no faster (0.84 s against 0.82 s), so every divergence shares one path."""
 
 DivergenceName = Literal["kl", "reverse-kl", "jsd"]
 
