@@ -219,8 +219,11 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--hf-optim", default="adamw_torch_fused",
-                        help="the HF Trainer's --optim (its default with torch >= 2.8)")
+    parser.add_argument(
+        "--hf-optim",
+        default="adamw_torch_fused",
+        help="the HF Trainer's --optim (its default with torch >= 2.8)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per trainer and precision")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--device", default="cpu")
