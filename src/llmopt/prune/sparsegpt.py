@@ -167,20 +167,23 @@ def _prune_column_block(
     diag = u_block.diagonal()
     inv_diag = 1.0 / diag
     errors = torch.empty_like(block)
+    # err = (w - q) / U_ii, q being w with its pruned entries zeroed: w times
+    # `scale` = pruned / U_ii, one op per column (the walk is Python-bound).
+    scale = torch.empty_like(block)
     if pattern.structured:
         pruned = torch.zeros_like(block, dtype=torch.bool)
     else:
         scores = block.square() / diag.square().unsqueeze(1)
         pruned = _segment_mask(scores.t(), segments, sparsity, scope).t().contiguous()
+        torch.mul(pruned, inv_diag.unsqueeze(1), out=scale)
     for i in range(end - start):
         if pattern.structured and i % pattern.m == 0:
             group = slice(i, i + pattern.m)
             scores = block[group].square() / diag[group].square().unsqueeze(1)
             pruned[group] = nm_mask(scores.t(), pattern).t()
-        # err = (w - q) / U_ii, where q is w with its pruned entries zeroed.
+            torch.mul(pruned[group], inv_diag[group].unsqueeze(1), out=scale[group])
         err = errors[i]
-        torch.mul(block[i], inv_diag[i], out=err)
-        err.masked_fill_(~pruned[i], 0.0)
+        torch.mul(block[i], scale[i], out=err)
         block[i + 1 :].addcmul_(u_block[i, i + 1 :, None], err[None], value=-1.0)
     block.masked_fill_(pruned, 0.0)
     w[:, start:end] = block.t()
