@@ -22,7 +22,9 @@ import time
 
 def _modifier(method: str, pattern: str):
     structure = "0:0" if pattern == "unstructured" else pattern
-    common = dict(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"])
+    common = dict(
+        sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"]
+    )  # as llmopt: decoder-block linears only
     if method == "wanda":
         from llmcompressor.modifiers.pruning import WandaPruningModifier
 
