@@ -69,6 +69,8 @@ def measure_one(args: argparse.Namespace, method: str, pattern: str) -> dict:
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = run_pruning(model, prepared)
         prune_s, prune_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    # Before the evaluation: the high-water mark of loading and pruning, as the reference's.
+    peak_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     ppl = _perplexity(model, tokenizer, args)
     return {
         "method": method,
@@ -81,7 +83,7 @@ def measure_one(args: argparse.Namespace, method: str, pattern: str) -> dict:
         "sparsity": result.sparsity if result else 0.0,
         "perplexity": round(ppl.perplexity, 3),
         "eval_tokens": ppl.tokens,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": peak_mib,
         "threads": torch.get_num_threads(),
     }
 
