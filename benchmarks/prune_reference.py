@@ -10,6 +10,10 @@ llmopt's own result. Prints one JSON line.
 
     REF/bin/python benchmarks/prune_reference.py MODEL_DIR CALIB.safetensors OUT_DIR \\
         --method wanda --pattern 2:4
+
+The reference environment (measured with llmcompressor 0.14.0.1, torch 2.13.0):
+`python3 -m venv REF`, then `REF/bin/pip install` a CPU build of torch==2.13.0
+first (so pip does not pull a CUDA build), then `REF/bin/pip install llmcompressor`.
 """
 
 from __future__ import annotations
