@@ -16,6 +16,13 @@ perplexity is the held-out pydoc split (first --eval-tokens tokens, windows of
 
     .venv/bin/python benchmarks/distill.py                    # ~35 min on 2 busy shared CPU cores
     .venv/bin/python benchmarks/distill.py --steps 200 --micro-batch-size 16 --seq-len 512
+
+`--versus-reference` times instead llmopt's distillation loop against a plain
+PyTorch loop written in `distill_reference.py` (same student, teacher, rows,
+loss, steps and precision; alternating subprocesses; medians and ratios):
+
+    .venv/bin/python benchmarks/distill.py --versus-reference --steps 6 \
+        --micro-batch-size 4 --seq-len 256 --repeats 3
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="student and cache folder (default: temp)")
     p.add_argument("--json", default="benchmarks/results/distill.json")
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--versus-reference", action="store_true",
+                   help="time llmopt against the plain PyTorch loop instead")  # fmt: skip
+    p.add_argument("--precisions", default="fp32,bf16", help="--versus-reference only")
+    p.add_argument("--repeats", type=int, default=3, help="--versus-reference: runs per side")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -294,8 +307,28 @@ def _table(results: dict[str, dict[str, Any]]) -> None:
     )
 
 
+def versus_reference(args) -> int:
+    """The llmopt-vs-plain-loop table (see distill_reference.py)."""
+    import distill_reference as ref
+
+    if args.worker:
+        ref.run_worker(args)
+        return 0
+    results = ref.compare(args)
+    precisions = args.precisions.split(",")
+    ref.print_table(results, precisions)
+    settings = {k: v for k, v in vars(args).items() if k not in ("part", "json", "workdir")}
+    path = Path(args.json).with_name("distill_vs_reference.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, **results}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     args = _parse()
+    if args.versus_reference or args.worker:
+        return versus_reference(args)
     if args.part:
         result = run_part(args, args.part, Path(args.workdir))
         Path(args.json).write_text(json.dumps(result, indent=2))

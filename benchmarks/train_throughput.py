@@ -1,16 +1,19 @@
 """llmopt's trainer against the Hugging Face `Trainer`: same model, data, batch, precision.
 
-Both train the same ~18M-parameter Llama-family model (built here from a
-config, seeded) on the same packed `pydoc` rows in the same order, with the
-same micro-batch, accumulation, optimizer (AdamW, constant lr, clipping) and
-precision. Every run is a fresh subprocess (so peak memory is its own), and
-the two trainers alternate so that machine load hits both alike. Reports
-median tokens/s of the steady-state steps (the first step is a warm-up), the
-ratio, peak memory (RSS on CPU, allocated on CUDA), and both loss curves,
-which must agree.
+Both train the same model (`smollm2-135m` by default; `--model toy` is a
+seeded ~18M-parameter Llama built from a config) on the same packed `pydoc`
+rows in the same order, with the same micro-batch, accumulation, optimizer
+(AdamW, constant lr, clipping) and precision, each at its own defaults
+otherwise (llmopt: fused head + loss, fused AdamW; HF: `adamw_torch`). Every
+run is a fresh subprocess (so peak memory is its own), and the two trainers
+alternate so that machine load hits both alike. Reports median tokens/s of
+the steady-state steps (the first step is a warm-up), the ratio, peak memory
+(RSS high-water mark on CPU, allocated on CUDA), and both loss curves, which
+must agree. `auto` is what `--precision auto` resolves to here.
 
-    .venv/bin/python benchmarks/train_throughput.py --steps 12 --repeats 3
-    .venv/bin/python benchmarks/train_throughput.py --quick      # a smoke run
+    .venv/bin/python benchmarks/train_throughput.py                 # the README table
+    .venv/bin/python benchmarks/train_throughput.py --model toy --seq-len 128
+    .venv/bin/python benchmarks/train_throughput.py --quick         # a smoke run
 """
 
 from __future__ import annotations
@@ -23,31 +26,52 @@ import sys
 import time
 from pathlib import Path
 
-SEQ_LEN = 128
-MODEL = dict(
+TOY = dict(
     hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True,
 )  # fmt: skip
 
 
-def build_model_and_rows(seed: int, rows_needed: int):
-    """The benchmark model (random, seeded) and `rows_needed` packed pydoc rows in order."""
+def build_model_and_rows(args, rows_needed: int):
+    """The benchmark model and `rows_needed` packed pydoc rows, in llmopt's order."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llmopt.data import load_corpus
-    from llmopt.models import load_tokenizer
+    from llmopt.models import load_model, load_tokenizer
     from llmopt.train.data import Layout, RowSource, packed_rows
 
     tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), **MODEL)
-    model = LlamaForCausalLM(config).float()
+    torch.manual_seed(args.seed)
+    if args.model == "toy":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **TOY)).float()
+    else:
+        model = load_model(args.model, dtype=torch.float32)
     corpus = load_corpus("pydoc", tokenizer, split="train")
-    source = RowSource(packed_rows(corpus.ids, SEQ_LEN), pad_id=0, seed=seed)
+    source = RowSource(packed_rows(corpus.ids, args.seq_len), pad_id=0, seed=args.seed)
     source.configure(Layout(rows_needed, 1))
     ordered = source.next_step()[0]["input_ids"]  # the exact rows, in the order llmopt uses
     return model, ordered
+
+
+def machine() -> dict:
+    """What the numbers were measured on, and how busy it was when the run started."""
+    import os
+    import platform
+
+    import torch
+
+    from llmopt.train.precision import describe_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
+        "auto_precision": describe_precision("auto", device),
+    }
 
 
 def peak_memory_mb(device: str) -> float:
@@ -67,7 +91,7 @@ def worker_llmopt(args) -> dict:
     from llmopt.train import Callback, TrainConfig, run_training
     from llmopt.train.data import RowSource
 
-    model, rows = build_model_and_rows(args.seed, args.steps * args.micro * args.accum)
+    model, rows = build_model_and_rows(args, args.steps * args.micro * args.accum)
     times: list[float] = []
 
     class Clock(Callback):
@@ -80,7 +104,7 @@ def worker_llmopt(args) -> dict:
     source = RowSource(list(rows.unbind(0)), pad_id=0, seed=args.seed)
     source._order = lambda epoch: torch.arange(len(source.rows))  # keep the given order
     config = TrainConfig(steps=args.steps, micro_batch_size=args.micro, grad_accum=args.accum,
-                         seq_len=SEQ_LEN, lr=args.lr, warmup=0, min_lr_ratio=1.0,
+                         seq_len=args.seq_len, lr=args.lr, warmup=0, min_lr_ratio=1.0,
                          weight_decay=0.0, betas=(0.9, 0.999), max_grad_norm=1.0,
                          precision=args.precision, device=args.device, progress=False,
                          log_every=args.steps)  # fmt: skip
@@ -99,7 +123,7 @@ def worker_hf(args) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    model, rows = build_model_and_rows(args.seed, args.steps * args.micro * args.accum)
+    model, rows = build_model_and_rows(args, args.steps * args.micro * args.accum)
     dataset = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in rows]
     times: list[float] = []
 
@@ -122,7 +146,7 @@ def worker_hf(args) -> dict:
             adam_beta1=0.9,
             adam_beta2=0.999,
             max_grad_norm=1.0,
-            optim="adamw_torch",
+            optim=args.hf_optim,
             bf16=args.precision == "bf16",
             fp16=args.precision == "fp16",
             use_cpu=args.device == "cpu",
@@ -162,7 +186,8 @@ def spawn(args, worker: str, precision: str) -> dict:
     command = [sys.executable, __file__, "--worker", worker, "--precision", precision,
                "--steps", str(args.steps), "--micro", str(args.micro), "--accum", str(args.accum),
                "--lr", str(args.lr), "--device", args.device, "--seed", str(args.seed),
-               "--threads", str(args.threads)]  # fmt: skip
+               "--threads", str(args.threads), "--model", args.model,
+               "--seq-len", str(args.seq_len), "--hf-optim", args.hf_optim]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -188,10 +213,17 @@ def summarise(runs: list[dict], tokens_per_step: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--model", default="smollm2-135m", help="a model spec, or 'toy'")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--micro", type=int, default=4)
-    parser.add_argument("--accum", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument(
+        "--hf-optim",
+        default="adamw_torch_fused",
+        help="the HF Trainer's --optim (its default with torch >= 2.8)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per trainer and precision")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--device", default="cpu")
@@ -207,8 +239,9 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.repeats = 4, 1
-    tokens_per_step = args.micro * args.accum * SEQ_LEN
-    results: dict = {"settings": {**vars(args), "seq_len": SEQ_LEN, "model": MODEL}}
+    tokens_per_step = args.micro * args.accum * args.seq_len
+    model = TOY if args.model == "toy" else args.model
+    results: dict = {"settings": {**vars(args), "model": model, "machine": machine()}}
     for precision in args.precisions.split(","):
         runs: dict[str, list[dict]] = {"llmopt": [], "hf": []}
         for repeat in range(args.repeats):
@@ -221,6 +254,7 @@ def main() -> None:
         results[precision]["max_loss_diff"] = max(
             abs(a - b) for a, b in zip(ours["losses"], theirs["losses"], strict=True)
         )
+    results["settings"]["load_average_at_end"] = __import__("os").getloadavg()
     print_table(results, args.precisions.split(","))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -239,6 +273,12 @@ def print_table(results: dict, precisions: list[str]) -> None:
     if "fp32" in results and "bf16" in results:
         bf, fp = results["bf16"]["llmopt"], results["fp32"]["llmopt"]
         print(f"llmopt bf16 / fp32 tokens/s: {bf['tokens_per_s'] / fp['tokens_per_s']:.2f}x")
+        curve = max(abs(a - b) for a, b in zip(bf["losses"], fp["losses"], strict=True))
+        print(f"llmopt bf16 vs fp32 loss curves: max |diff| {curve:.3f}")
+    settings = results["settings"]
+    print(f"--precision auto here: {settings['machine']['auto_precision']}; load average "
+          f"{settings['machine']['load_average_at_start'][0]:.1f} at the start, "
+          f"{settings['load_average_at_end'][0]:.1f} at the end")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -188,3 +188,81 @@ def test_no_fp32_copy_of_the_whole_batch_exists(teacher_kind):
         distillation_loss(leaf, teacher, y, spec).total.backward()
     assert leaf.grad.dtype == torch.bfloat16 and leaf.grad.abs().sum() > 0
     assert probe.largest <= chunk * vocab < b * n * vocab
+
+
+def _head_case(seed: int, vocab: int = V, pad: int = 0, bias: bool = True):
+    """Flat student hidden states, a (possibly padded) head, teacher logits and targets."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, width = 30, 8
+    hidden = torch.randn(rows, width, generator=gen)
+    head = torch.nn.Linear(width, vocab + pad, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab + pad, width, generator=gen))
+        if bias:
+            head.bias.copy_(torch.randn(vocab + pad, generator=gen))
+    teacher = torch.randn(rows, vocab + pad, generator=gen) * 3
+    targets = torch.randint(0, vocab, (rows,), generator=gen)
+    targets[:5] = -100
+    targets[-1] = -100
+    return hidden, head, teacher, targets
+
+
+def _grads(loss, *tensors):
+    loss.backward()
+    out = [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return out
+
+
+@pytest.mark.parametrize("divergence", ["kl", "reverse-kl", "jsd"])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_fused_head_loss_equals_the_logits_path(divergence, pad):
+    from llmopt.distill.losses import fused_distillation_loss
+
+    hidden, head, teacher, targets = _head_case(11, pad=pad)
+    hidden.requires_grad_(True)
+    spec = LossSpec(divergence=divergence, temperature=2.0, alpha=0.7, chunk_tokens=7)
+    ref = distillation_loss(head(hidden), teacher, targets, spec, vocab_size=V)
+    want = _grads(ref.total * 3.0, hidden, head.weight, head.bias)
+    got = fused_distillation_loss(hidden, head, teacher, targets, spec, vocab_size=V)
+    have = _grads(got.total * 3.0, hidden, head.weight, head.bias)  # backward scales
+    for a, b in ((ref.total, got.total), (ref.kd, got.kd), (ref.ce, got.ce)):
+        assert b.item() == pytest.approx(a.item(), rel=1e-5)
+    for a, b in zip(want, have, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    if pad:
+        assert have[1][V:].abs().sum() == 0  # padded head rows get no gradient
+
+
+def test_fused_head_loss_with_a_topk_teacher():
+    from llmopt.distill.losses import flatten_teacher, fused_distillation_loss
+
+    hidden, head, teacher, targets = _head_case(12, bias=False)
+    spec = LossSpec(divergence="kl", temperature=2.0, alpha=0.5, chunk_tokens=4)
+    # A cache holds one position less per row than the student sees: 3 rows of 10.
+    top = topk_from_logits(teacher.view(3, 10, V)[:, :-1], k=6, temperature=2.0)
+    targets.view(3, 10)[:, -1] = -100
+    flat = flatten_teacher(top, 3, 10)
+    assert flat.ids.shape == (30, 6) and torch.isfinite(flat.logprobs).all()
+    ref = distillation_loss(head(hidden).view(3, 10, V)[:, :-1], top,
+                            targets.view(3, 10)[:, :-1], spec)  # fmt: skip
+    got = fused_distillation_loss(hidden, head, flat, targets, spec)
+    assert got.total.item() == pytest.approx(ref.total.item(), rel=1e-5)
+
+
+def test_fused_head_loss_keeps_no_fp32_logits_of_the_batch():
+    from llmopt.distill.losses import fused_distillation_loss
+
+    rows, width, vocab, chunk = 256, 16, 1000, 16
+    gen = torch.Generator().manual_seed(13)
+    hidden = torch.randn(rows, width, generator=gen).requires_grad_(True)
+    head = torch.nn.Linear(width, vocab, bias=False)
+    teacher = (torch.randn(rows, vocab, generator=gen) * 3).to(torch.bfloat16)
+    targets = torch.randint(0, vocab, (rows,), generator=gen)
+    spec = LossSpec(divergence="kl", temperature=2.0, alpha=0.5, chunk_tokens=chunk)
+    with _LargestFloat32() as probe, torch.autocast("cpu", dtype=torch.bfloat16):
+        fused_distillation_loss(hidden, head, teacher, targets, spec).total.backward()
+    assert hidden.grad.abs().sum() > 0 and head.weight.grad.abs().sum() > 0
+    # fp32 tensors: chunks, and the head's own gradient [vocab, width]; never rows x vocab.
+    assert probe.largest <= max(chunk * vocab, vocab * width) < rows * vocab

@@ -66,7 +66,7 @@ def test_online_objective_is_the_shifted_loss_over_label_tokens(pair):
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ref = distillation_loss(s[:, :-1], t[:, :-1], batch["labels"][:, 1:], spec)
     assert out.loss_sum.item() == pytest.approx(ref.total.item(), rel=1e-5)
-    assert out.metrics["kd"] == pytest.approx(ref.kd.item(), rel=1e-5)
+    assert float(out.metrics["kd"]) == pytest.approx(ref.kd.item(), rel=1e-5)
     assert ref.tokens == int(count_label_tokens(batch))
     out.loss_sum.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -106,16 +106,16 @@ def test_cached_topk_reproduces_the_online_loss(tmp_path, pair, tiny_tokenizer):
     rows = _rows()
     batch = _batch(rows, [5, 0, 3, 4])  # shuffled, like the trainer's permutation
     spec = LossSpec(divergence="kl", temperature=1.0)
-    online = DistillObjective(spec, V, teacher=teacher)(student, batch).metrics["kd"]
+    online = DistillObjective(spec, V, teacher=teacher)(student, batch).metrics["kd"].item()
 
     # k = V - 1: the remainder bucket is a single token, so only fp16 rounding is lost.
     full = _cache(tmp_path, teacher, rows, tiny_tokenizer, k=V - 1)
-    exact = DistillObjective(spec, V, cache=full)(student, batch).metrics["kd"]
+    exact = DistillObjective(spec, V, cache=full)(student, batch).metrics["kd"].item()
     assert exact == pytest.approx(online, rel=2e-3)
 
     # k = 32: the loss misses exactly the divergence inside the bucket, weighted by its mass.
     small = _cache(tmp_path, teacher, rows, tiny_tokenizer, k=32)
-    cached = DistillObjective(spec, V, cache=small)(student, batch).metrics["kd"]
+    cached = DistillObjective(spec, V, cache=small)(student, batch).metrics["kd"].item()
     with torch.no_grad():
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         log_p = torch.log_softmax(teacher(**inputs).logits[:, :-1].double(), -1)
@@ -192,9 +192,9 @@ def test_hidden_loss_with_projection_trains_and_maps_layers(pair):
     batch = _batch(_rows(), [0, 1])
     out = objective(student, batch)
     base = DistillObjective(LossSpec(), V, teacher=teacher)(student, batch)
-    assert out.metrics["hidden"] > 0
+    assert float(out.metrics["hidden"]) > 0
     assert out.loss_sum.item() == pytest.approx(
-        base.loss_sum.item() + 2.0 * out.metrics["hidden"], rel=1e-5
+        base.loss_sum.item() + 2.0 * out.metrics["hidden"].item(), rel=1e-5
     )
 
 

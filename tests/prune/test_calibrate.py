@@ -104,3 +104,29 @@ def test_bf16_feeds_keep_fp32_weights(tiny_llama):
 
     run_sequential(tiny_llama, _ids(), handler, compute_dtype=torch.bfloat16)
     assert dtypes == {torch.float32}
+
+
+@pytest.mark.parametrize(("features", "block"), [(600, 256), (64, 16), (50, 64), (7, 2)])
+def test_symmetric_gram_update_equals_the_full_product(features, block):
+    from llmopt.calibrate.stats import add_gram_lower_, symmetric
+
+    gen = torch.Generator().manual_seed(features)
+    acc = torch.zeros(features, features)
+    batches = [torch.randn(n, features, generator=gen) for n in (37, 5, 64)]
+    for x in batches:
+        add_gram_lower_(acc, x, block)
+    x = torch.cat(batches)
+    want = x.T @ x
+    got = symmetric(acc)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert torch.equal(got, got.T)
+    if features // block > 1:  # the upper blocks really were skipped
+        assert acc[: features // 2, -1].abs().sum() == 0
+
+
+def test_hessian_with_blocks_smaller_than_the_width(tiny_llama, monkeypatch):
+    """Through the hooks as SparseGPT uses them, with several feature blocks per group."""
+    from llmopt.calibrate import stats
+
+    monkeypatch.setattr(stats, "GRAM_BLOCK", 16)
+    test_watch_inputs_hessian_and_norms(tiny_llama)

@@ -77,6 +77,17 @@ def test_inverse_cholesky_raises_damp_then_fails():
         inverse_cholesky(-torch.eye(4), damp=0.01, where="block 0 q_proj")
 
 
+def test_inverse_cholesky_is_the_upper_factor_of_the_damped_inverse():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 40, generator=gen, dtype=torch.float64)
+    h = 2 * x.T @ x / 300
+    upper = inverse_cholesky(h, damp=0.01)
+    damped = h + 0.01 * h.diagonal().mean() * torch.eye(40, dtype=torch.float64)
+    assert torch.equal(upper, upper.triu())
+    assert (upper.diagonal() > 0).all()
+    torch.testing.assert_close(upper.T @ upper, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)
+
+
 def test_owl_sparsities_keep_the_average():
     ratios = [0.01, 0.05, None, 0.02, 0.03]
     out = owl_sparsities(ratios, 0.5, lam=0.08)

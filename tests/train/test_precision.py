@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,3 +68,34 @@ def test_unsupported_precision_is_bad_input(monkeypatch):
     monkeypatch.setattr(precision, "_autocast_works", lambda device, dtype: False)
     with pytest.raises(BadInput, match="fp16"):
         precision.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("feature", "expected"), [("avx512_bf16", "bf16"), (None, "fp32")])
+def test_auto_is_bf16_exactly_on_a_cpu_with_native_bf16(monkeypatch, feature, expected):
+    from llmopt.train import precision
+
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: feature)
+    cpu = torch.device("cpu")
+    assert precision.resolve_precision("auto", cpu) == expected
+    note = precision.describe_precision("auto", cpu)
+    assert note.startswith(f"{expected} (auto: ")
+    assert (feature or "no native bf16") in note
+    assert precision.describe_precision("fp32", cpu) == "fp32 (asked for)"
+
+
+def test_cpu_feature_query_agrees_with_the_kernel_flags():
+    from llmopt.train.precision import cpu_native_bf16
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    has = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert (cpu_native_bf16() is not None) == has
+
+
+def test_the_choice_and_its_reason_are_logged_and_recorded(tiny_llama, packed_source, capsys):
+    result = _run(tiny_llama, packed_source(), "auto")
+    note = result.summary["precision_reason"]
+    assert note.startswith(result.summary["precision"] + " (auto: ")
+    assert f"precision: {note}" in capsys.readouterr().err

@@ -34,8 +34,11 @@ class CalibrationSettings(StrictModel):
     """Tokens per block (default: 512, or the model's positions if fewer)."""
     calib_batch_size: PositiveInt = 8
     """Blocks per forward pass."""
-    calib_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the calibration forwards; statistics and weight updates stay float32."""
+    calib_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Dtype of the calibration forwards; statistics and weight updates stay float32.
+    bfloat16 by default: same held-out perplexity as float32 forwards for Wanda and
+    SparseGPT on smollm2-135m (tests/prune/test_real_model.py), and faster on hardware
+    with bf16 matrix units (issue 11: Wanda 85 -> 44 s, SparseGPT 121 -> 83 s here)."""
     text_field: str = "text"
     """Field or column holding the text in .jsonl, .parquet and hf: sources."""
     seed: int = 0

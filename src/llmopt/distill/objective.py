@@ -17,22 +17,24 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmopt.distill.hidden import HiddenStateLoss
-from llmopt.distill.losses import LossSpec, TopK, distillation_loss
+from llmopt.distill.losses import (
+    LossSpec,
+    LossSums,
+    TopK,
+    distillation_loss,
+    flatten_teacher,
+    fused_distillation_loss,
+)
 from llmopt.distill.teacher import TeacherCache, freeze_teacher
 from llmopt.models.arch import ArchAdapter
+from llmopt.train.head_loss import capture_head_input, find_head, unwrap
 from llmopt.train.objective import IGNORE_INDEX, ObjectiveOutput, model_inputs
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP (`.module`) or torch.compile (`._orig_mod`)."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
+__all__ = ["DistillObjective", "capture_layers", "unwrap"]
 
 
 @contextlib.contextmanager
@@ -68,8 +70,12 @@ class DistillObjective:
         cache: TeacherCache | None = None,
         hidden: HiddenStateLoss | None = None,
         hidden_weight: float = 1.0,
+        fused: bool = True,
     ):
         """Takes the loss spec, the shared vocabulary size, and a teacher or a cache.
+
+        `fused` computes the student's head inside the loss, chunk by chunk
+        (`fused_distillation_loss`); False keeps the logits path it is tested against.
 
         Raises:
             ValueError: neither or both of teacher and cache, or a hidden loss with a cache
@@ -85,6 +91,7 @@ class DistillObjective:
         self.cache = cache
         self.hidden = hidden
         self.hidden_weight = hidden_weight
+        self.fused = fused
         self._precision = None
 
     def setup(self, model: nn.Module, device: torch.device, precision) -> None:
@@ -103,11 +110,16 @@ class DistillObjective:
         autocast = getattr(self._precision, "autocast", None)
         return autocast() if autocast is not None else contextlib.nullcontext()
 
-    @torch.no_grad()
     def _run_teacher(self, batch: dict[str, torch.Tensor], layers: list[int]):
-        with capture_layers(self.teacher, layers) as states, self._autocast():
+        # inference_mode, not no_grad: no version counters or views to track for
+        # tensors that never meet autograd.
+        with (
+            torch.inference_mode(),
+            capture_layers(self.teacher, layers) as states,
+            self._autocast(),
+        ):
             logits = self.teacher(**model_inputs(batch), use_cache=False).logits
-        return logits[:, :-1], dict(states)
+        return logits, dict(states)
 
     def _cached_teacher(self, batch: dict[str, torch.Tensor]) -> TopK:
         positions = batch["input_ids"].shape[1] - 1
@@ -115,8 +127,41 @@ class DistillObjective:
         device = batch["input_ids"].device
         return TopK(top.ids.to(device), top.logprobs.to(device), top.rest.to(device))
 
+    def _student_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], teacher, layers: list[int]
+    ) -> tuple[LossSums, dict[int, torch.Tensor]]:
+        labels = batch["labels"]
+        head = find_head(model) if self.fused else None
+        with capture_layers(model, layers) as states:
+            if head is None:
+                logits = model(**model_inputs(batch), use_cache=False).logits
+                if isinstance(teacher, torch.Tensor):
+                    teacher = teacher[:, :-1]
+                sums = distillation_loss(
+                    logits[:, :-1], teacher, labels[:, 1:], self.spec, self.vocab_size
+                )
+                return sums, dict(states)
+            with capture_head_input(head) as found:
+                model(**model_inputs(batch), use_cache=False)
+        rows, positions = labels.shape
+        # Row t predicts labels[:, t + 1]; the last position of each row predicts nothing.
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+        hidden = found.hidden.reshape(rows * positions, -1)
+        sums = fused_distillation_loss(
+            hidden,
+            found.head,
+            flatten_teacher(teacher, rows, positions),
+            targets,
+            self.spec,
+            self.vocab_size,
+        )
+        return sums, dict(states)
+
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        """The loss SUM over `labels[:, 1:] != -100`, with kd/ce(/hidden) sums as metrics."""
+        """The loss SUM over `labels[:, 1:] != -100`, with kd/ce(/hidden) sums as metrics.
+
+        Metrics stay tensors: reading them here would wait for the device every step.
+        """
         targets = batch["labels"][:, 1:]
         student_layers = [s for s, _ in self.hidden.layer_map] if self.hidden else []
         teacher_layers = [t for _, t in self.hidden.layer_map] if self.hidden else []
@@ -124,16 +169,14 @@ class DistillObjective:
             teacher, teacher_states = self._run_teacher(batch, teacher_layers)
         else:
             teacher, teacher_states = self._cached_teacher(batch), {}
-        with capture_layers(model, student_layers) as student_states:
-            logits = model(**model_inputs(batch), use_cache=False).logits
-        sums = distillation_loss(logits[:, :-1], teacher, targets, self.spec, self.vocab_size)
+        sums, student_states = self._student_loss(model, batch, teacher, student_layers)
         loss = sums.total
-        metrics = {"kd": float(sums.kd.detach()), "ce": float(sums.ce.detach())}
+        metrics = {"kd": sums.kd.detach(), "ce": sums.ce.detach()}
         if self.hidden is not None:
             mask = targets != IGNORE_INDEX
             shifted = {i: h[:, :-1] for i, h in student_states.items()}
             teacher_shifted = {i: h[:, :-1] for i, h in teacher_states.items()}
             hidden = self.hidden(shifted, teacher_shifted, mask)
             loss = loss + self.hidden_weight * hidden
-            metrics["hidden"] = float(hidden.detach())
+            metrics["hidden"] = hidden.detach()
         return ObjectiveOutput(loss_sum=loss, metrics=metrics)

@@ -44,23 +44,25 @@ DAMP_RETRIES = 4
 def inverse_cholesky(hessian: torch.Tensor, damp: float, where: str = "") -> torch.Tensor:
     """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), after dampening H's diagonal.
 
+    One factorisation and one triangular inverse: with J the reversal
+    permutation and J H J = L L^T, U = J L^-1 J is upper triangular and
+    U^T U = J L^-T L^-1 J = (J L L^T J)^-1 = H^-1. (The textbook route, chol(H),
+    its inverse, H^-1 = L^-T L^-1 by a matmul, then chol(H^-1), costs a matmul
+    and a second factorisation more.)
+
     Raises:
         BadInput: H is not positive definite even with the dampening raised
             DAMP_RETRIES times.
     """
     mean_diag = hessian.diagonal().mean()
+    flipped = hessian.flip(0, 1)
     for attempt in range(DAMP_RETRIES + 1):
-        h = hessian.clone()
+        h = flipped.clone()
         h.diagonal().add_(damp * 10**attempt * mean_diag)
         chol, info = torch.linalg.cholesky_ex(h)
         if info == 0:
-            # H^-1 = L^-T L^-1 by one triangular solve (torch.cholesky_inverse is
-            # several times slower on CPU).
             eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
-            upper, info = torch.linalg.cholesky_ex(chol_inv.T @ chol_inv, upper=True)
-            if info == 0:
-                return upper
+            return torch.linalg.solve_triangular(chol, eye, upper=False).flip(0, 1)
     raise BadInput(
         f"{where}: the Hessian is not positive definite even with dampening "
         f"{damp * 10**DAMP_RETRIES:g} x mean diagonal; raise --damp or use more calibration data"
@@ -165,20 +167,23 @@ def _prune_column_block(
     diag = u_block.diagonal()
     inv_diag = 1.0 / diag
     errors = torch.empty_like(block)
+    # err = (w - q) / U_ii, q being w with its pruned entries zeroed: w times
+    # `scale` = pruned / U_ii, one op per column (the walk is Python-bound).
+    scale = torch.empty_like(block)
     if pattern.structured:
         pruned = torch.zeros_like(block, dtype=torch.bool)
     else:
         scores = block.square() / diag.square().unsqueeze(1)
         pruned = _segment_mask(scores.t(), segments, sparsity, scope).t().contiguous()
+        torch.mul(pruned, inv_diag.unsqueeze(1), out=scale)
     for i in range(end - start):
         if pattern.structured and i % pattern.m == 0:
             group = slice(i, i + pattern.m)
             scores = block[group].square() / diag[group].square().unsqueeze(1)
             pruned[group] = nm_mask(scores.t(), pattern).t()
-        # err = (w - q) / U_ii, where q is w with its pruned entries zeroed.
+            torch.mul(pruned[group], inv_diag[group].unsqueeze(1), out=scale[group])
         err = errors[i]
-        torch.mul(block[i], inv_diag[i], out=err)
-        err.masked_fill_(~pruned[i], 0.0)
+        torch.mul(block[i], scale[i], out=err)
         block[i + 1 :].addcmul_(u_block[i, i + 1 :, None], err[None], value=-1.0)
     block.masked_fill_(pruned, 0.0)
     w[:, start:end] = block.t()

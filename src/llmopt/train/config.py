@@ -60,7 +60,8 @@ class TrainConfig(StrictModel):
     max_grad_norm: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: PrecisionName = "auto"
-    """auto: bf16 on CUDA that supports it, else fp32. Master weights stay fp32."""
+    """auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with
+    AMX or AVX512-BF16), else fp32. Master weights stay fp32."""
     init_scale: float = Field(2.0**16, gt=0)
     """fp16 only: the loss scaler's initial scale."""
     max_consecutive_skips: PositiveInt = 20

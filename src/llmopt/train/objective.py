@@ -43,7 +43,7 @@ class ObjectiveOutput:
     """
 
     loss_sum: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -99,9 +99,19 @@ def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch
 
 
 class LMObjective:
-    """Next-token cross-entropy, summed over label tokens (labels unshifted, see module doc)."""
+    """Next-token cross-entropy, summed over label tokens (labels unshifted, see module doc).
+
+    By default the head and the loss run fused (`llmopt.train.head_loss`): same
+    value and gradients as `token_cross_entropy_sum` on the model's logits, up
+    to float summation order, without the full fp32 logits. `fused=False`
+    keeps the plain path (the reference the fused one is tested against).
+    """
 
     name = "lm"
+
+    def __init__(self, fused: bool = True) -> None:
+        """Takes whether to fuse the head with the loss where the model allows it."""
+        self.fused = fused
 
     def setup(self, model: nn.Module, device: torch.device, precision: Precision) -> None:
         """Nothing to prepare: the LM loss needs only the model."""
@@ -112,6 +122,17 @@ class LMObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         """Returns the CE sum; the model is called without labels so HF does not average."""
-        logits = model(**model_inputs(batch), use_cache=False).logits
-        loss_sum = token_cross_entropy_sum(logits, batch["labels"])
+        from llmopt.train.head_loss import (
+            capture_head_input,
+            find_head,
+            linear_cross_entropy_sum,
+        )
+
+        head = find_head(model) if self.fused else None
+        if head is None:
+            logits = model(**model_inputs(batch), use_cache=False).logits
+            return ObjectiveOutput(loss_sum=token_cross_entropy_sum(logits, batch["labels"]))
+        with capture_head_input(head) as found:
+            model(**model_inputs(batch), use_cache=False)
+        loss_sum = linear_cross_entropy_sum(found.hidden, found.head, batch["labels"])
         return ObjectiveOutput(loss_sum=loss_sum)

@@ -35,7 +35,10 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over the model's trainable parameters (+ `extra`), in two decay groups.
 
-    Fused on CUDA (one kernel for all tensors); elsewhere foreach.
+    Fused (one kernel over all tensors, no temporaries) wherever torch has the
+    kernel for the parameters' device, CPU included: on a 2-core CPU the fused
+    step of smollm2-135m takes several times less than the per-tensor loop that
+    torch picks by default there. Sharded (DTensor) parameters keep foreach.
     """
     skip = no_decay_names(model)
     decay, plain = [], []
@@ -53,8 +56,18 @@ def build_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": plain, "weight_decay": 0.0},
     ]
-    on_cuda = any(p.is_cuda for p in decay + plain)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=on_cuda or None)
+    params = decay + plain
+    fused = bool(params) and all(_fusable(p) for p in params)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True
+    )
+
+
+def _fusable(param: torch.Tensor) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    plain = type(param) in (torch.Tensor, nn.Parameter)  # not a DTensor (FSDP)
+    return plain and param.device.type in _get_fused_kernels_supported_devices()
 
 
 def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:

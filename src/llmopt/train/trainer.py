@@ -12,6 +12,7 @@ batch, however it is split into micro-batches and processes.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from llmopt.train.data import Layout, RowSource
 from llmopt.train.flops import flops_per_token, mfu, peak_flops
 from llmopt.train.objective import LMObjective, Objective, count_label_tokens
 from llmopt.train.optim import build_optimizer, build_scheduler
-from llmopt.train.precision import Precision, resolve_precision
+from llmopt.train.precision import Precision, describe_precision, resolve_precision
 from llmopt.train.tracking import MetricsLog, ProgressBar
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -162,6 +163,7 @@ class Trainer:
         self.precision = Precision(
             resolve_precision(cfg.precision, self.device), self.device, cfg.init_scale
         )
+        self.precision_note = describe_precision(cfg.precision, self.device)
         positions = _max_positions(self.raw_model)
         if positions is not None and cfg.seq_len > positions:
             raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
@@ -190,6 +192,8 @@ class Trainer:
         if hasattr(model, "config"):
             model.config.use_cache = False
         model.train()
+        if self.world.is_main:  # the choice and its reason belong in the run's log
+            print(f"precision: {self.precision_note}", file=sys.stderr, flush=True)
         self.objective.setup(model, self.device, self.precision)
         self.model = self._wrap(model)
         self.optimizer = build_optimizer(
@@ -532,6 +536,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "processes": self.world.world_size,
             "precision": self.precision.name,
+            "precision_reason": self.precision_note,
         }
         return TrainResult(
             model=model,
