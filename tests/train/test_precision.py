@@ -98,4 +98,7 @@ def test_the_choice_and_its_reason_are_logged_and_recorded(tiny_llama, packed_so
     result = _run(tiny_llama, packed_source(), "auto")
     note = result.summary["precision_reason"]
     assert note.startswith(result.summary["precision"] + " (auto: ")
+    assert "precision:" not in capsys.readouterr().err  # --no-progress: stderr is for errors
+    config = TrainConfig(steps=1, micro_batch_size=2, seq_len=32, precision="auto")
+    run_training(tiny_llama, config, packed_source())
     assert f"precision: {note}" in capsys.readouterr().err

@@ -192,7 +192,9 @@ class Trainer:
         if hasattr(model, "config"):
             model.config.use_cache = False
         model.train()
-        if self.world.is_main:  # the choice and its reason belong in the run's log
+        # The choice and its reason belong in the run's log (and always in its record);
+        # --no-progress keeps stderr for the one line of an error.
+        if self.world.is_main and cfg.progress:
             print(f"precision: {self.precision_note}", file=sys.stderr, flush=True)
         self.objective.setup(model, self.device, self.precision)
         self.model = self._wrap(model)
