@@ -167,3 +167,18 @@ def test_skipped_non_finite_steps_leave_the_weights_finite(tiny_llama_dir, tiny_
     assert result.skipped_steps == 1 and result.steps == 3
     assert math.isnan(result.history[1]["grad_norm"])
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+@pytest.mark.distributed
+def test_bad_input_found_by_the_workers_is_still_one_line_and_exit_2(tmp_path, nan_model):
+    """Only the workers load the model: their bad input reaches the user as one process's."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "llmopt.cli", "train", str(nan_model), "-o",
+               str(tmp_path / "out"), "--nproc", "2", *QUICK]  # fmt: skip
+    r = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    line = one_line(r.stderr)
+    assert f"{nan_model}: its weights hold NaN or infinite values" in line
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

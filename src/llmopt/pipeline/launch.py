@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,28 +43,31 @@ def run_workers(
 
     Ctrl-C reaches the workers (they share the terminal's process group); this
     process ignores it while it waits, so that torchrun is not killed before
-    the workers have saved their checkpoint.
+    the workers have saved their checkpoint. A SIGTERM sent to this process
+    alone (a scheduler's) is passed on to torchrun, which passes it to the
+    workers: they save and stop as on Ctrl-C.
 
     Raises:
-        TrainingInterrupted: the workers stopped on Ctrl-C (exit status 130).
+        BadInput: a worker found bad input (the same one line as one process).
+        TrainingInterrupted: the workers stopped on Ctrl-C or SIGTERM.
         StageFailed: the workers failed.
     """
     from llmopt.pipeline.runner import StageFailed
 
-    fd, spec_path = tempfile.mkstemp(
-        prefix=f".{dest.name}.launch-", suffix=".json", dir=dest.parent
-    )
-    with os.fdopen(fd, "w") as handle:
-        json.dump(
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.launch-", dir=dest.parent))
+    spec_path, outcome = scratch / "spec.json", scratch / "outcome"
+    spec_path.write_text(
+        json.dumps(
             {
                 "stage": stage,
                 "model": model,
                 "output": str(dest),
                 "overwrite": overwrite,
                 "config": config.model_dump(mode="json"),
-            },
-            handle,
+                "outcome": str(outcome),
+            }
         )
+    )
     command = [
         sys.executable,
         "-m",
@@ -72,7 +76,7 @@ def run_workers(
         f"--nproc-per-node={processes}",
         "-m",
         "llmopt.pipeline.worker",
-        spec_path,
+        str(spec_path),
     ]
     env = dict(os.environ)
     env[LOCK_ENV] = "1"
@@ -81,28 +85,44 @@ def run_workers(
     # do not mix, and the data is cached anyway.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = subprocess.call(command, env=env)
+        code = _wait(subprocess.Popen(command, env=env))
+        outcomes = [
+            json.loads(p.read_text()) for p in sorted(scratch.glob("outcome.*")) if p.is_file()
+        ]
     finally:
-        signal.signal(signal.SIGINT, previous)
-        Path(spec_path).unlink(missing_ok=True)
-    if code == 0:
-        return
-    interrupted = _interrupted(dest)
-    if interrupted is not None:
-        raise interrupted
-    raise StageFailed(f"{stage}: {processes} worker processes failed (torchrun exit status {code})")
+        shutil.rmtree(scratch, ignore_errors=True)
+    _raise_outcome(stage, outcomes, code, processes, StageFailed)
 
 
-def _interrupted(dest: Path):
-    """A TrainingInterrupted pointing at the newest checkpoint, if the workers saved one."""
+def _wait(process: subprocess.Popen) -> int:
+    """Wait for torchrun, ignoring Ctrl-C here and passing SIGTERM on to it."""
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _raise_outcome(stage: str, outcomes: list[dict], code: int, processes: int, failed) -> None:
+    """Raise what the workers ended with (the first process's report first)."""
+    from llmopt.errors import BadInput
     from llmopt.train.trainer import TrainingInterrupted
 
-    marker = dest.parent / f".{dest.name}.interrupted"
-    if not marker.is_file():
-        return None
-    info = json.loads(marker.read_text())
-    marker.unlink(missing_ok=True)
-    checkpoint = Path(info["checkpoint"]) if info.get("checkpoint") else None
-    return TrainingInterrupted(int(info["step"]), checkpoint)
+    for kind in ("bad_input", "interrupted", "failed"):
+        for outcome in outcomes:
+            if outcome["kind"] != kind:
+                continue
+            if kind == "bad_input":
+                raise BadInput(outcome["message"])
+            if kind == "interrupted":
+                checkpoint = Path(outcome["checkpoint"]) if outcome["checkpoint"] else None
+                raise TrainingInterrupted(int(outcome["step"]), checkpoint)
+            raise failed(f"{stage}: a worker failed: {outcome['message']}")
+    if code != 0 or len(outcomes) < processes:
+        raise failed(
+            f"{stage}: {processes - len(outcomes)} of {processes} worker processes died "
+            f"(torchrun exit status {code})"
+        )

@@ -84,6 +84,7 @@ def run_recipe(
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, sets, model)
+    _check_data(recipe)
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     folder = Path(output or default_run_folder(recipe.path)).expanduser().resolve()
     _check_run_folder(folder)
@@ -167,6 +168,18 @@ def _run_one(
     state["stages"][stage.name] = {"digest": digest, "status": "done", "kind": stage.kind}
     _write_state(folder, state)
     return StageRun(stage.name, stage.kind, output, status, outcome.record)
+
+
+def _check_data(recipe: Recipe) -> None:
+    """Every stage's data sources, before the first stage runs (not when stage 3 starts).
+
+    Raises:
+        BadInput: a source that does not exist or is not what its name says.
+    """
+    from llmopt.pipeline.runner import check_data_sources
+
+    for stage in recipe.stages:
+        check_data_sources(stage.config)
 
 
 def _note(status: str) -> str:

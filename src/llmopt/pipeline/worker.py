@@ -1,8 +1,13 @@
 """The entry point of each torchrun worker: `python -m llmopt.pipeline.worker SPEC.json`.
 
-Exit status: 0 done, 2 bad input, 130 interrupted (a checkpoint was saved;
-process 0 leaves a marker beside the output so the launcher can say where),
-1 failure. Only process 0 prints errors: the others would print the same line.
+Workers report how they ended in a small JSON file per process (`outcome`
+in the spec, suffixed with the rank) and exit with status 0 whenever they
+ended in a way llmopt understands (done, bad input, interrupted, a failure
+with a message): the launcher reads the files and raises the same error as a
+single process would, so bad input is still exit 2 with one line, and
+torchrun, which would print its own multi-line report for any non-zero
+worker, has nothing to report. A worker that dies (a signal, the OOM killer)
+leaves no file, and the launcher reports torchrun's status.
 """
 
 from __future__ import annotations
@@ -12,23 +17,19 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the stage described by the JSON file named in `argv`; returns the exit status."""
+def outcome_path(base: str | Path, rank: int) -> Path:
+    """Where process `rank` writes its outcome."""
+    return Path(f"{base}.{rank}")
+
+
+def _outcome(spec: dict[str, Any]) -> dict[str, Any]:
     from llmopt.errors import BadInput
-    from llmopt.models.compat import quiet_transformers
     from llmopt.pipeline.runner import run_stage
     from llmopt.train.trainer import TrainingInterrupted
 
-    quiet_transformers()
-    if os.environ.get("LLMOPT_DEBUG"):  # `kill -USR1 PID` prints where a stuck worker is
-        import faulthandler
-        import signal
-
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    main_process = int(os.environ.get("RANK", "0")) == 0
     try:
         run_stage(
             spec["stage"],
@@ -37,24 +38,33 @@ def main(argv: list[str] | None = None) -> int:
             spec["config"],
             overwrite=spec["overwrite"],
         )
-        return 0
+        return {"kind": "done"}
     except BadInput as err:
-        if main_process:
-            print(f"llmopt {spec['stage']}: error: {err}", file=sys.stderr)
-        return 2
+        return {"kind": "bad_input", "message": str(err)}
     except TrainingInterrupted as stop:
-        if main_process:
-            dest = Path(spec["output"])
-            marker = dest.parent / f".{dest.name}.interrupted"
-            checkpoint = str(stop.checkpoint) if stop.checkpoint else None
-            marker.write_text(json.dumps({"step": stop.step, "checkpoint": checkpoint}))
-        return 130
+        checkpoint = str(stop.checkpoint) if stop.checkpoint else None
+        return {"kind": "interrupted", "step": stop.step, "checkpoint": checkpoint}
     except Exception as err:
         if os.environ.get("LLMOPT_DEBUG"):
             traceback.print_exc()
-        elif main_process:
-            print(f"llmopt {spec['stage']}: failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return {"kind": "failed", "message": f"{type(err).__name__}: {err}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage described by the JSON file named in `argv`; returns the exit status."""
+    from llmopt.models.compat import quiet_transformers
+
+    quiet_transformers()
+    if os.environ.get("LLMOPT_DEBUG"):  # `kill -USR1 PID` prints where a stuck worker is
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    outcome = _outcome(spec)
+    rank = int(os.environ.get("RANK", "0"))
+    outcome_path(spec["outcome"], rank).write_text(json.dumps(outcome))
+    return 0
 
 
 if __name__ == "__main__":

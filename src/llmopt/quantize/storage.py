@@ -34,7 +34,7 @@ from torch import nn
 
 from llmopt.errors import BadInput
 from llmopt.formats import CheckpointFormat
-from llmopt.models.loading import empty_model
+from llmopt.models.loading import empty_model, read_config
 from llmopt.models.tensors import unique_state
 from llmopt.quantize.check import meta_model
 from llmopt.quantize.grid import dequantize_codes, expand_groups, pack_codes, packed_size
@@ -146,16 +146,12 @@ def load_quantized_model(folder: str | Path, dtype: torch.dtype = torch.float32)
             config.json in any name, shape, dtype, size or grid setting.
     """
     from safetensors import SafetensorError, safe_open
-    from transformers import AutoConfig
 
     folder = Path(folder)
     path = folder / WEIGHTS_FILE
     if not path.is_file():
         raise BadInput(f"{folder}: quantized checkpoint without {WEIGHTS_FILE}")
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{folder}: unreadable config.json ({err})") from None
+    config = read_config(folder, str(folder))
     try:
         with safe_open(str(path), framework="pt") as handle:
             # Every block stores at least one tensor: a config.json claiming more blocks
