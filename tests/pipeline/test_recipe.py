@@ -100,8 +100,10 @@ def test_bad_recipe_from_the_cli_runs_nothing(cli, write_recipe, tmp_path):
 def test_bad_data_of_a_later_stage_is_refused_before_the_first_runs(write_recipe, tmp_path):
     from llmopt.pipeline.run import run_recipe
 
-    data = {**GOOD, "stages": {**GOOD["stages"], "kd": {**GOOD["stages"]["kd"],
-                                                        "data": str(tmp_path / "nope.txt")}}}  # fmt: skip
-    with pytest.raises(BadInput, match="nope.txt"):
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    data["stages"]["kd"]["data"] = str(tmp_path / "nope.txt")
+    with pytest.raises(BadInput, match=r"nope\.txt"):
         run_recipe(write_recipe(data), tmp_path / "run", say=lambda _: None)
     assert not (tmp_path / "run" / "pruned").exists()
