@@ -98,9 +98,9 @@ def test_bad_recipe_from_the_cli_runs_nothing(cli, write_recipe, tmp_path):
 
 
 def test_bad_data_of_a_later_stage_is_refused_before_the_first_runs(write_recipe, tmp_path):
-    from llmopt.pipeline.run import run_recipe
-
     import copy
+
+    from llmopt.pipeline.run import run_recipe
 
     data = copy.deepcopy(GOOD)
     data["stages"]["kd"]["data"] = str(tmp_path / "nope.txt")
