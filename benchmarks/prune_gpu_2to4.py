@@ -42,7 +42,8 @@ def cuda_time(fn, reps: int = 20, warmup: int = 5) -> float:
 
 def two_four(weight: torch.Tensor) -> torch.Tensor:
     """Zero the 2 smallest of every 4 consecutive inputs of each row."""
-    from llmopt.prune.masks import Pattern, nm_mask
+    from llmopt.prune.masks import nm_mask
+    from llmopt.sparsity import Pattern
 
     return weight.masked_fill(nm_mask(weight.abs().float(), Pattern(2, 4)), 0)
 

@@ -16,7 +16,7 @@ import llmopt
 
 ROOT = Path(llmopt.__file__).parent
 FOUNDATION = {"config", "errors", "stage", "formats", "outputs", "provenance", "units", "cache",
-              "runtime", "models", "data", "evaluate", "calibrate"}  # fmt: skip
+              "sparsity", "runtime", "models", "data", "evaluate", "calibrate"}  # fmt: skip
 TECHNIQUES = {"prune", "slim", "share", "quantize", "reconstruct", "distill"}
 TOP = {"pipeline", "api", "report", "auto", "cli", "export", "recipes"}
 ALLOWED = {"distill": {"train"}}

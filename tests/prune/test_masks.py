@@ -8,7 +8,8 @@ import torch
 from llmopt.errors import BadInput
 from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.prune import PruneConfig, prune_model
-from llmopt.prune.masks import Pattern, choose_mask, global_masks, nm_mask, parse_pattern
+from llmopt.prune.masks import choose_mask, global_masks, nm_mask
+from llmopt.sparsity import Pattern, parse_pattern
 
 
 def zeros(t: torch.Tensor) -> int:

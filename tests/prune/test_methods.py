@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmopt.calibrate.hessian import inverse_cholesky
 from llmopt.errors import BadInput
-from llmopt.prune.masks import Pattern, choose_mask
+from llmopt.prune.masks import choose_mask
 from llmopt.prune.owl import owl_sparsities
-from llmopt.prune.sparsegpt import inverse_cholesky, sparsegpt_prune
+from llmopt.prune.sparsegpt import sparsegpt_prune
 from llmopt.prune.wanda import wanda_scores
+from llmopt.sparsity import Pattern
 
 
 def correlated_inputs(tokens: int, features: int, seed: int = 0) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 from llmopt.calibrate import Calibration
 from llmopt.errors import BadInput
 from llmopt.models.arch import ArchAdapter, weight_out_in
-from llmopt.prune.masks import Pattern, check_divisible
+from llmopt.sparsity import Pattern, check_divisible
 
 if TYPE_CHECKING:
     from llmopt.prune.config import PruneConfig

@@ -7,7 +7,7 @@ from pydantic import Field
 from llmopt.calibrate.data import CalibrationSettings
 from llmopt.config import Fraction01, PositiveInt
 from llmopt.errors import BadInput, did_you_mean
-from llmopt.prune.masks import Pattern, parse_pattern
+from llmopt.sparsity import Pattern, parse_pattern
 from llmopt.stage import StageConfig
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from llmopt.errors import BadInput
-from llmopt.prune.masks import Pattern
+from llmopt.sparsity import Pattern
 
 
 def check_semi_structured(device: torch.device, pattern: Pattern) -> None:

@@ -21,52 +21,21 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from llmopt.calibrate import BlockStep, watch_inputs
-from llmopt.errors import BadInput
+from llmopt.calibrate.hessian import inverse_cholesky, one_thread
 from llmopt.models.arch import ArchAdapter, weight_out_in
 from llmopt.prune.base import Calibration, PrunePlan
-from llmopt.prune.masks import Pattern, layer_mask, nm_mask, row_mask
+from llmopt.prune.masks import layer_mask, nm_mask, row_mask
 from llmopt.prune.wanda import feed_until_last, targeted_groups
+from llmopt.sparsity import Pattern
 
 if TYPE_CHECKING:
     from llmopt.prune.config import PruneConfig
-
-DAMP_RETRIES = 4
-
-
-def inverse_cholesky(hessian: torch.Tensor, damp: float, where: str = "") -> torch.Tensor:
-    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), after dampening H's diagonal.
-
-    One factorisation and one triangular inverse: with J the reversal
-    permutation and J H J = L L^T, U = J L^-1 J is upper triangular and
-    U^T U = J L^-T L^-1 J = (J L L^T J)^-1 = H^-1. (The textbook route, chol(H),
-    its inverse, H^-1 = L^-T L^-1 by a matmul, then chol(H^-1), costs a matmul
-    and a second factorisation more.)
-
-    Raises:
-        BadInput: H is not positive definite even with the dampening raised
-            DAMP_RETRIES times.
-    """
-    mean_diag = hessian.diagonal().mean()
-    flipped = hessian.flip(0, 1)
-    for attempt in range(DAMP_RETRIES + 1):
-        h = flipped.clone()
-        h.diagonal().add_(damp * 10**attempt * mean_diag)
-        chol, info = torch.linalg.cholesky_ex(h)
-        if info == 0:
-            eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-            return torch.linalg.solve_triangular(chol, eye, upper=False).flip(0, 1)
-    raise BadInput(
-        f"{where}: the Hessian is not positive definite even with dampening "
-        f"{damp * 10**DAMP_RETRIES:g} x mean diagonal; raise --damp or use more calibration data"
-    )
 
 
 def _segment_mask(
@@ -104,7 +73,7 @@ def sparsegpt_prune(
     Raises:
         BadInput: the Hessian cannot be made positive definite.
     """
-    with _one_thread():
+    with one_thread():
         return _sparsegpt(
             weight, hessian, sparsity, pattern, segments, scope, blocksize, damp, where
         )
@@ -136,19 +105,6 @@ def _sparsegpt(
         end = min(start + blocksize, cols)
         _prune_column_block(w, u, start, end, sparsity, pattern, segments, scope)
     return w
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    # The column walk is thousands of small ops; with several intra-op threads each
-    # one pays a thread barrier, which costs far more than the op on a busy CPU
-    # (a whole down_proj: 1.9 s with 1 thread, 6.5 s with 2, on a loaded 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _prune_column_block(

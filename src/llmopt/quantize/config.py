@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -12,6 +11,7 @@ from llmopt.config import Fraction01, PositiveInt
 from llmopt.errors import BadInput
 from llmopt.quantize.gptq import JointSparsity
 from llmopt.quantize.grid import GridSpec
+from llmopt.sparsity import parse_pattern
 from llmopt.stage import StageConfig
 
 
@@ -70,14 +70,10 @@ class QuantizeConfig(StageConfig, CalibrationSettings):
             BadInput: the pattern is not 'unstructured' or N:M with 0 < N < M, or
                 a sparsity disagrees with the one the pattern implies.
         """
-        if self.pattern == "unstructured":
+        pattern = parse_pattern(self.pattern)
+        if not pattern.structured:
             return JointSparsity(sparsity=float(self.sparsity or 0.0))
-        match = re.fullmatch(r"(\d+):(\d+)", self.pattern.strip())
-        if not match or not 0 < int(match[1]) < int(match[2]):
-            raise BadInput(
-                f"--pattern {self.pattern!r}: expected 'unstructured' or N:M with 0 < N < M"
-            )
-        n, m = int(match[1]), int(match[2])
-        if self.sparsity is not None and abs(self.sparsity - n / m) > 1e-9:
-            raise BadInput(f"--sparsity {self.sparsity}: pattern {self.pattern} implies {n / m:g}")
-        return JointSparsity(sparsity=n / m, n=n, m=m)
+        implied = pattern.n / pattern.m
+        if self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
+            raise BadInput(f"--sparsity {self.sparsity}: pattern {pattern} implies {implied:g}")
+        return JointSparsity(sparsity=implied, n=pattern.n, m=pattern.m)

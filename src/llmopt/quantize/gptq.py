@@ -29,16 +29,12 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from llmopt.errors import BadInput
+from llmopt.calibrate.hessian import inverse_cholesky, one_thread
 from llmopt.quantize.grid import GridSpec, grid_params
-
-DAMP_RETRIES = 4
 
 
 @dataclass(frozen=True)
@@ -67,46 +63,6 @@ class GPTQResult:
     """(out, groups) float32, float16-representable."""
     zero: torch.Tensor
     """(out, groups) float32, integer-valued."""
-
-
-def inverse_cholesky(hessian: torch.Tensor, damp: float, where: str = "") -> torch.Tensor:
-    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), after dampening H's diagonal.
-
-    Raises:
-        BadInput: H is not positive definite even with the dampening raised
-            DAMP_RETRIES times.
-    """
-    mean_diag = hessian.diagonal().mean()
-    for attempt in range(DAMP_RETRIES + 1):
-        h = hessian.clone()
-        h.diagonal().add_(damp * 10**attempt * mean_diag)
-        chol, info = torch.linalg.cholesky_ex(h)
-        if info == 0:
-            # H^-1 = L^-T L^-1 by one triangular solve (faster than cholesky_inverse on CPU).
-            eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
-            upper, info = torch.linalg.cholesky_ex(chol_inv.T @ chol_inv, upper=True)
-            if info == 0:
-                return upper
-    raise BadInput(
-        f"{where}: the Hessian is not positive definite even with dampening "
-        f"{damp * 10**DAMP_RETRIES:g} x mean diagonal; raise --damp or use more calibration data"
-    )
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the column walk on one intra-op thread.
-
-    The walk is thousands of small ops; with several threads each one pays a
-    barrier that costs more than the op itself on a busy CPU.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
