@@ -25,6 +25,14 @@ def test_the_losses_read_as_fractions():
     assert torch.isclose(both, torch.tensor(1.0), atol=1e-5)
 
 
+def test_a_massive_sink_token_does_not_outweigh_the_others():
+    target = torch.randn(1, 4, 8)
+    target[0, 0] *= 1000.0  # an attention sink: nearly all of the block's energy
+    out = target.clone()
+    out[0, 1:] *= 2.0  # every other token off by its own norm
+    assert torch.isclose(block_loss("mse", out, target), torch.tensor(0.75))
+
+
 def _block_batches(teacher, student, layer: int = 1) -> list[Batch]:
     """Batches of the student's block `layer` whose targets are the teacher block's outputs."""
     calib = calibration()

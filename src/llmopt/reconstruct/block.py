@@ -2,10 +2,11 @@
 
 Why these choices:
 
-- The MSE is divided by the target's mean square, so a block's loss reads as
-  a fraction of its output's energy (comparable across blocks whose residual
-  streams differ by orders of magnitude) and the clipping threshold means the
-  same thing in every block.
+- The MSE of each token is divided by that token's squared norm in the
+  target, so a block's loss reads as a fraction of its output's energy
+  (comparable across blocks whose residual streams differ by orders of
+  magnitude, and the clipping threshold means the same thing in every block),
+  and every token counts alike (see `_relative_mse`).
 - Adam (no weight decay: the target is the teacher, not small weights) with
   a fresh state per block; a cosine decay to a tenth of the peak within the
   block's steps, so the last updates settle instead of overshooting.
@@ -34,7 +35,12 @@ MIN_LR_RATIO = 0.1
 
 
 def _relative_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+    # Per token: ||out - target||^2 / ||target||^2. Normalising the whole batch at once
+    # would let the few attention-sink tokens, whose massive activations hold almost all
+    # of a middle block's energy, decide the loss; the next block's RMSNorm sees each
+    # token at its own scale, so each token's relative error is what travels on.
+    error = (out - target).pow(2).sum(-1)
+    return (error / target.pow(2).sum(-1).clamp_min(1e-12)).mean()
 
 
 def _cosine(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ class ReconstructConfig(StageConfig, CalibrationSettings):
     lr: float = Field(1e-4, gt=0)
     """Peak Adam learning rate of a block's weights (cosine decay to a tenth within each block)."""
     loss: LossName = "mse"
-    """Block-output loss: mse (relative to the target's mean square), cosine (1 - cosine per
-    token), or their sum."""
+    """Block-output loss per token, averaged: mse (squared error over the target's squared
+    norm), cosine (1 - cosine similarity), or their sum."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Clip each block's gradient norm to this; 0 turns clipping off."""
     layer_map: str | None = None
