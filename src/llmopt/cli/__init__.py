@@ -28,6 +28,7 @@ VERBS: tuple[str, ...] = (
     "share",
     "train",
     "distill",
+    "reconstruct",
     "export",
     "run",
     "report",

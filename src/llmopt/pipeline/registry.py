@@ -10,6 +10,7 @@ from llmopt.distill.stage import DistillStage
 from llmopt.evaluate.stage import EvalStage
 from llmopt.prune.stage import PruneStage
 from llmopt.quantize.stage import QuantizeStage
+from llmopt.reconstruct.stage import ReconstructStage
 from llmopt.share.stage import ShareStage
 from llmopt.slim.stage import SlimStage
 from llmopt.stage import Stage
@@ -25,5 +26,6 @@ STAGES: dict[str, type[Stage]] = {
         ShareStage,
         TrainStage,
         DistillStage,
+        ReconstructStage,
     )
 }
