@@ -35,6 +35,11 @@ KEPT_METRICS = ("unique_params", "nonzero_params", "weight_bytes", "perplexity",
                 "eval_tokens", "total_params")  # fmt: skip
 
 
+class CandidateFailed(RuntimeError):
+    """A stage refused or failed this candidate (its recipe does not suit this model, or its
+    training diverged); the search goes on without it."""
+
+
 @dataclass
 class Context:
     """What every evaluation of one search shares."""
@@ -55,7 +60,8 @@ class Context:
         return torch.bfloat16 if self.config.proxy_dtype == "bfloat16" else torch.float32
 
     def log(self, event: str, **facts: Any) -> None:
-        """Append one line to DIR/events.jsonl (what ran, in which process, when)."""
+        """Append one line to DIR/events.jsonl (what ran, in which process, when): 'start'
+        when a candidate's round begins, 'done' once its outcome is stored."""
         line = json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **facts})
         with open(self.folder / EVENTS, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
@@ -89,15 +95,20 @@ def evaluate(ctx: Context, candidate: Candidate, round_: Round) -> dict[str, Any
     """Run `candidate` with the round's recovery and measure it; returns its outcome.
 
     Raises:
-        BadInput, StageFailed: from a stage (the candidate's recipe is wrong for this model,
-            or training diverged).
+        CandidateFailed: a stage refused the candidate or failed (the reason in one line).
     """
+    from llmopt.errors import BadInput
     from llmopt.pipeline.formats import load_checkpoint
+    from llmopt.pipeline.runner import StageFailed
 
     start = clock.now()
     recipe = write_recipe(ctx, candidate, round_)
     ctx.log("start", candidate=candidate.id, round=round_.index)
-    last = run_candidate(ctx, recipe, candidate.id)
+    try:
+        last = run_candidate(ctx, recipe, candidate.id)
+    except (BadInput, StageFailed) as err:
+        ctx.log("failed", candidate=candidate.id, round=round_.index, reason=str(err))
+        raise CandidateFailed(f"{candidate.id} {candidate.label}: {err}") from err
     after = last.record["metrics"]["after"]
     model = load_checkpoint(last.output, dtype=ctx.proxy_dtype)
     kl = ctx.reference.kl(model, round_.proxy_tokens)
@@ -123,7 +134,6 @@ def evaluate(ctx: Context, candidate: Candidate, round_: Round) -> dict[str, Any
         outcome["cost"] = ctx.budget.ratio(after, ctx.original)
     outcome["feasible"] = ctx.budget.meets(outcome["cost"])
     outcome["wall_s"] = round(clock.now() - start, 1)
-    ctx.log("done", candidate=candidate.id, round=round_.index)
     return outcome
 
 

@@ -5,8 +5,9 @@ search measures them; then the sampler (TPE, multi-objective with --pareto)
 proposes the rest, learning from the proxy values told so far. A measured
 cost over the budget is told to the sampler as a violated constraint. Choices
 that describe no candidate (nothing fits the budget that way) are told as
-failed and cost nothing but a sample; a proposal equal to a candidate already
-screened is answered from its outcome, without running it again.
+infeasible and cost nothing but a sample; a proposal equal to a candidate already
+screened is answered from its outcome, without running it again. A candidate
+that a stage refuses or that fails (training diverged) is left out, once.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from llmopt.auto import clock
-from llmopt.auto.evaluate import Context, evaluate
+from llmopt.auto.evaluate import CandidateFailed, Context, evaluate
 from llmopt.auto.rounds import Round
 from llmopt.auto.space import Space
 from llmopt.auto.store import Store
 
+NO_FIT = 1e3
+"""The value told for choices that describe no candidate (with a violated constraint)."""
 ATTEMPTS_PER_TRIAL = 25
 """Proposals per screened candidate before the sampler is taken to have run dry."""
 
@@ -48,6 +51,7 @@ def screen(ctx: Context, store: Store, space: Space, round_: Round, deadline: fl
             study.enqueue_trial(params)
         study.set_user_attr("anchors_queued", True)
     done = {o["candidate"]: o for o in store.outcomes(0)}
+    failed = store.failed(0)
     if ctx.budget.kind == "latency" and done:
         space.latency = latency_model(list(done.values()), space)
     attempts = 0
@@ -58,17 +62,34 @@ def screen(ctx: Context, store: Store, space: Space, round_: Round, deadline: fl
         trial = study.ask()
         candidate = space.suggest(trial)
         if candidate is None:
-            study.tell(trial, state=store.optuna.trial.TrialState.FAIL)
+            # No candidate fits these choices: told as infeasible (not failed), so that
+            # the sampler learns to stay away from them.
+            trial.set_user_attr("fits", False)
+            trial.set_constraint("budget", 1.0)
+            study.tell(trial, [NO_FIT] * len(study.directions))
             continue
         trial.set_user_attr("candidate", candidate.to_dict())
+        if candidate.id in failed:
+            study.tell(trial, state=store.optuna.trial.TrialState.FAIL)
+            continue
         outcome = done.get(candidate.id)
-        if outcome is None:
-            outcome = evaluate(ctx, candidate, round_)
+        fresh = outcome is None
+        if fresh:
+            try:
+                outcome = evaluate(ctx, candidate, round_)
+            except CandidateFailed as err:
+                failed.add(candidate.id)
+                trial.set_user_attr("failed", str(err))
+                study.tell(trial, state=store.optuna.trial.TrialState.FAIL)
+                ctx.say(f"[screen] failed, left out: {err}")
+                continue
             done[candidate.id] = outcome
-            ctx.say(line(outcome, ctx.budget, f"screen {len(done)}/{round_.size}"))
         trial.set_user_attr("outcome", outcome)
         trial.set_constraint("budget", outcome["cost"] - ctx.budget.fraction)
         study.tell(trial, values(outcome, space.pareto))
+        if fresh:  # stored: a resumed search will not run it again
+            ctx.log("done", candidate=candidate.id, round=0)
+            ctx.say(line(outcome, ctx.budget, f"screen {len(done)}/{round_.size}"))
         if ctx.budget.kind == "latency":
             space.latency = latency_model(list(done.values()), space)
     return True

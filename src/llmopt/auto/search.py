@@ -26,7 +26,7 @@ from llmopt.auto import clock
 from llmopt.auto.budget import Budget, parse_budget
 from llmopt.auto.candidate import Candidate
 from llmopt.auto.config import AutoConfig
-from llmopt.auto.evaluate import Context, evaluate
+from llmopt.auto.evaluate import CandidateFailed, Context, evaluate
 from llmopt.auto.rounds import Round, promote, schedule
 from llmopt.auto.screen import line, sampler, screen, values
 from llmopt.auto.space import Space
@@ -259,15 +259,21 @@ def _run_round(
     """Promote from the round before and run this round's recovery; False if the deadline
     stopped it."""
     ids = promote(store.outcomes(round_.index - 1), round_.size, ctx.config.pareto)
-    done = {o["candidate"] for o in store.outcomes(round_.index)}
+    done = {o["candidate"] for o in store.outcomes(round_.index)} | store.failed(round_.index)
     name = "final" if round_.final else f"round {round_.index}"
     for position, cid in enumerate(ids, 1):
         if cid in done:
             continue
         if deadline is not None and clock.now() >= deadline:
             return False
-        outcome = evaluate(ctx, candidates[cid], round_)
+        try:
+            outcome = evaluate(ctx, candidates[cid], round_)
+        except CandidateFailed as err:
+            store.add_failure(round_.index, cid, str(err))
+            ctx.say(f"[{name}] failed, left out: {err}")
+            continue
         store.add(round_.index, outcome, values(outcome, ctx.config.pareto))
+        ctx.log("done", candidate=cid, round=round_.index)
         ctx.say(line(outcome, ctx.budget, f"{name} {position}/{len(ids)}"))
     return True
 

@@ -37,6 +37,8 @@ class SizePlan:
         quant_embeddings: the embedding (and an untied head) quantized as well.
         bitmask: zeros are stored as a bitmask where that is smaller (False for
             shared models, whose format stores every tensor whole).
+        uneven: the blocks get different sparsities around `sparsity` (OWL), so each
+            row's rounding may cost up to one zero.
     """
 
     shape: Shape
@@ -44,6 +46,7 @@ class SizePlan:
     bits: int | None = None
     quant_embeddings: bool = False
     bitmask: bool = True
+    uneven: bool = False
 
 
 class Sizer:
@@ -58,7 +61,7 @@ class Sizer:
         self.original = original
         # What the weight files hold besides the tensors (headers), taken as constant.
         self.overhead = max(0, original["weight_bytes"] - FLOAT_BYTES * self.counter.total)
-        self._linear = cache(self._linear_per_layer)
+        self._shapes = cache(self._linear_shapes)
         self._groups = cache(self._group_size)
         self.embedding_params = _embedding_params(hf_config)
 
@@ -68,12 +71,31 @@ class Sizer:
 
     def linear(self, shape: Shape) -> int:
         """Weights of the decoder blocks' linears (what pruning and GPTQ work on)."""
-        return shape.layers * self._linear(shape.ffn, shape.kv_groups, shape.heads_per_group)
+        return shape.layers * sum(rows * cols for rows, cols in self._layer_linears(shape))
 
-    def _linear_per_layer(self, ffn: int, kv_groups: int, heads_per_group: int) -> int:
+    def zeros(self, shape: Shape, sparsity: float, uneven: bool = False) -> int:
+        """Weights pruning at `sparsity` sets to zero: floor(sparsity * inputs) in every row
+        (Wanda's count; SparseGPT rounds over larger groups, so never fewer); one less per
+        row where the blocks' sparsities are `uneven`."""
+        per_layer = sum(
+            rows * max(0, int(cols * sparsity) - uneven)
+            for rows, cols in self._layer_linears(shape)
+        )
+        return shape.layers * per_layer
+
+    def _layer_linears(self, shape: Shape) -> tuple[tuple[int, int], ...]:
+        return self._shapes(shape.ffn, shape.kv_groups, shape.heads_per_group)
+
+    def _linear_shapes(
+        self, ffn: int, kv_groups: int, heads_per_group: int
+    ) -> tuple[tuple[int, int], ...]:
+        """(outputs, inputs) of every linear of one decoder layer of these widths."""
+        from llmopt.models.arch import weight_out_in
+
         model = _meta_model(slim_config(self.config, Shape(1, ffn, kv_groups, heads_per_group)))
         adapter = ArchAdapter(model)
-        return sum(m.weight.numel() for m in adapter.block_linears(adapter.blocks()[0]).values())
+        linears = adapter.block_linears(adapter.blocks()[0]).values()
+        return tuple(tuple(weight_out_in(m).shape) for m in linears)
 
     def _group_size(self, shape: Shape, bits: int) -> int:
         from llmopt.quantize.check import resolve_group_size
@@ -85,13 +107,15 @@ class Sizer:
 
     def nonzero(self, plan: SizePlan) -> float:
         """Predicted non-zero parameters."""
-        return self.params(plan.shape) - plan.sparsity * self.linear(plan.shape)
+        return self.params(plan.shape) - self.zeros(plan.shape, plan.sparsity, plan.uneven)
 
     def weight_bytes(self, plan: SizePlan) -> float:
         """Predicted bytes of the weight files."""
         linear = self.linear(plan.shape)
         other = self.params(plan.shape) - linear
-        per_linear = self._per_weight(plan, plan.sparsity)
+        per_linear = self._per_weight(
+            plan, self.zeros(plan.shape, plan.sparsity, plan.uneven) / linear
+        )
         if plan.bits is not None and plan.quant_embeddings:
             dense = _quantized(plan.bits, self._groups(plan.shape, plan.bits), 0.0, False)
             embedded = self.embedding_params

@@ -13,7 +13,8 @@ before the quantization (training would move weights off their grid).
 
 Which decisions exist depends on the budget: unique parameters fall only by
 slimming and sharing; non-zeros also by pruning; bytes also by quantization;
-latency (on a CPU, with dense kernels) only by slimming. Every decision is a
+latency (on a CPU, with dense kernels) only by slimming. A shared model is not
+quantized (the quantize stage refuses tensors shared by layers). Every decision is a
 categorical choice for Optuna. Each candidate then has one amount that is not
 chosen but solved (`llmopt.auto.sizing`): the sparsity, or how much the
 structural step keeps, such that the predicted cost lands just under the
@@ -24,6 +25,7 @@ decides what share of the removal the structural step takes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from llmopt.auto.budget import Budget
@@ -162,6 +164,8 @@ class Space:
         owl = pick("owl", (False, True)) if pattern == "unstructured" else False
         bits = pick("bits", BITS) if kind == "bytes" else 16
         embeddings = pick("quant_embeddings", (False, True)) if bits < 16 else False
+        if structure == "share" and bits < 16:
+            return None  # the quantize stage refuses models whose layers share tensors
         make = self._structure(structure, pick)
         if make == "auto":
             return self._slim_auto(aim) if prune == "none" and bits == 16 else None
@@ -175,9 +179,8 @@ class Space:
             if made is None:
                 return None
             shape, keys = made
-            size = SizePlan(
-                shape, sparsity, None if bits == 16 else bits, embeddings, structure != "share"
-            )
+            quantized = None if bits == 16 else bits
+            size = SizePlan(shape, sparsity, quantized, embeddings, structure != "share", owl)
             return size, keys
 
         solvable = structure != "none" or pattern == "unstructured"
@@ -308,8 +311,7 @@ class Space:
         size, keys = made
 
         def cost(sparsity: float) -> float:
-            return self._cost(SizePlan(size.shape, sparsity, size.bits, size.quant_embeddings,
-                                       size.bitmask))  # fmt: skip
+            return self._cost(replace(size, sparsity=sparsity))
 
         if cost(MAX_SPARSITY) > aim:
             return None
@@ -320,7 +322,7 @@ class Space:
         sparsity = min(MAX_SPARSITY, -(-high * 10_000 // 1) / 10_000)
         if sparsity < MIN_SPARSITY:
             return None  # the structure alone meets the budget: that is another candidate
-        size = SizePlan(size.shape, sparsity, size.bits, size.quant_embeddings, size.bitmask)
+        size = replace(size, sparsity=sparsity)
         return size, keys, sparsity
 
     def _candidate(self, keys, prune, pattern, owl, sparsity, bits, embeddings, size):

@@ -88,6 +88,22 @@ class Store:
                 seen.setdefault(outcome["candidate"], outcome)
         return list(seen.values())
 
+    def failed(self, index: int) -> set[str]:
+        """Ids of the candidates that failed in round `index` (not to be run again)."""
+        state = self.optuna.trial.TrialState.FAIL
+        trials = self.study(index).get_trials(deepcopy=False, states=(state,))
+        out = set()
+        for trial in trials:
+            if "failed" in trial.user_attrs:
+                out.add(trial.user_attrs.get("candidate", {}).get("id") or trial.user_attrs["id"])
+        return out
+
+    def add_failure(self, index: int, candidate_id: str, reason: str) -> None:
+        """Record that a promoted candidate failed in round `index` (>= 1)."""
+        state = self.optuna.trial.TrialState.FAIL
+        attrs = {"id": candidate_id, "failed": reason}
+        self.study(index).add_trial(self.optuna.trial.create_trial(state=state, user_attrs=attrs))
+
     def candidates(self) -> dict[str, dict[str, Any]]:
         """Every candidate the screening study proposed, by id (its stored form)."""
         out: dict[str, dict[str, Any]] = {}
