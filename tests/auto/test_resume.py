@@ -101,3 +101,11 @@ def test_a_candidate_a_stage_refuses_is_left_out_once_and_the_search_goes_on(tmp
     again = run_search("tiny-llama", folder, "params=0.7")
     assert [e for e in _events(folder) if e["event"] == "failed"] == failed
     assert again.winner == result.winner
+
+
+def test_a_start_that_failed_on_bad_input_binds_the_folder_to_nothing(tmp_path):
+    folder = tmp_path / "search"
+    quick = {"trials": 2, "finalists": 1, "recovery_tokens": 0}
+    with pytest.raises(BadInput, match="no such file"):
+        run_search("tiny-llama", folder, "params=0.7", data=str(tmp_path / "gone.txt"), **quick)
+    assert run_search("tiny-llama", folder, "params=0.7", **quick).verified["meets"]

@@ -83,6 +83,18 @@ def test_the_report_shows_every_candidate_the_rankings_and_why_the_winner_won(se
     assert summary["winner"] == winner and summary["verified"]["meets"]
 
 
+def test_the_input_is_measured_once_for_every_candidate(searches):
+    # Every candidate's first stage records the search's own measurement of the input.
+    result = searches["nonzero=0.5"]
+    original = json.loads((result.folder / "original.json").read_text())["metrics"]
+    for round_outcomes in result.rounds:
+        for outcome in round_outcomes:
+            run = result.folder / "candidates" / outcome["candidate"]
+            first = next(iter(yaml.safe_load((run / "recipe.yaml").read_text())["stages"]))
+            record = json.loads((run / first / "llmopt.json").read_text())
+            assert record["metrics"]["before"] == original
+
+
 def test_a_finished_search_run_again_does_no_candidate_twice(searches):
     result = searches["params=0.7"]
     events = (result.folder / "events.jsonl").read_text().splitlines()

@@ -166,9 +166,11 @@ def _search(source, spec: str, folder: Path, budget: Budget, cfg: AutoConfig, sa
     from llmopt.auto.report import write_auto_report
 
     deadline = None if cfg.time_limit is None else clock.now() + cfg.time_limit
-    ctx, space = _context(source, spec, folder, budget, cfg, say)
     objectives = 2 if cfg.pareto else 1
+    # Opened first: a folder that holds another search is refused before anything loads.
     store = Store(folder, _fingerprint(spec, budget, cfg), objectives, sampler(cfg.seed))
+    ctx, space = _context(source, spec, folder, budget, cfg, say)
+    store.remember_settings()
     proxy_cap = min(cfg.max_proxy_tokens, ctx.reference.available)
     rounds = schedule(
         cfg.trials, cfg.eta, cfg.finalists, cfg.recovery_tokens, cfg.proxy_tokens, proxy_cap

@@ -56,16 +56,19 @@ class Store:
             directions=self.directions,
             load_if_exists=True,
         )
-        text = json.dumps(settings, sort_keys=True, default=str)
+        self.settings = json.dumps(settings, sort_keys=True, default=str)
         saved = self.screen.user_attrs.get("settings")
-        if saved is None:
-            self.screen.set_user_attr("settings", text)
-        elif saved != text:
+        if saved is not None and saved != self.settings:
             raise BadInput(
                 f"--output {folder}: holds a search with other settings "
                 f"({_difference(json.loads(saved), settings)}); resume it with the same "
                 "model, budget and options, or use another folder"
             )
+
+    def remember_settings(self) -> None:
+        """Bind the folder to this search's settings (once its input is measured: a start
+        that failed before that, on a bad data source say, binds nothing)."""
+        self.screen.set_user_attr("settings", self.settings)
 
     def study(self, index: int):
         """The study of round `index` (0: the screening study)."""
