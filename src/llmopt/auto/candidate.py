@@ -69,10 +69,14 @@ def _describe(stage: dict[str, Any]) -> str:
             return f"slim auto {stage['params']:g}"
         cuts = [
             f"{label}-{stage[key]:g}"
-            for key, label in (("layers", "layers"), ("ffn", "ffn"), ("kv_groups", "kv"),
-                               ("heads", "heads"))
+            for key, label in (
+                ("layers", "layers"),
+                ("ffn", "ffn"),
+                ("kv_groups", "kv"),
+                ("heads", "heads"),
+            )
             if key in stage
-        ]  # fmt: skip
+        ]
         return "slim " + " ".join(cuts)
     if kind == "share":
         return f"share K={stage['unique_layers']} {stage['strategy']}/{stage['init']}"

@@ -31,8 +31,15 @@ from llmopt.auto.rounds import Round
 from llmopt.outputs import write_text_atomic
 
 EVENTS = "events.jsonl"
-KEPT_METRICS = ("unique_params", "nonzero_params", "weight_bytes", "perplexity", "nll",
-                "eval_tokens", "total_params")  # fmt: skip
+KEPT_METRICS = (
+    "unique_params",
+    "nonzero_params",
+    "weight_bytes",
+    "perplexity",
+    "nll",
+    "eval_tokens",
+    "total_params",
+)
 
 
 class CandidateFailed(RuntimeError):

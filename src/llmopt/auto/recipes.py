@@ -73,13 +73,18 @@ class RecipeSettings:
             sample=False,
             **text,
         )
-        calibration = {"calib_data": config.data, "calib_samples": config.calib_samples,
-                       "calib_dtype": config.calib_dtype, **text}  # fmt: skip
+        calibration = {
+            "calib_data": config.data,
+            "calib_samples": config.calib_samples,
+            "calib_dtype": config.calib_dtype,
+            **text,
+        }
         if config.calib_seq_len is not None:
             calibration["calib_seq_len"] = config.calib_seq_len
         recovery = recovery_config(config)
-        return cls(model, config.data, config.text_field, measure, calibration, config.device,
-                   recovery)  # fmt: skip
+        return cls(
+            model, config.data, config.text_field, measure, calibration, config.device, recovery
+        )
 
     @property
     def tokens_per_step(self) -> int:

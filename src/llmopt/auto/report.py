@@ -135,10 +135,21 @@ def plot(outcomes: Outcomes, winner: dict[str, Any], budget, path: Path) -> tupl
     colours = plt.get_cmap("viridis")
     top = max(o["round"] for o in points) or 1
     for o in points:
-        ax.scatter(o["cost"], o["perplexity"], s=40, zorder=3, color=colours(o["round"] / top),
-                   marker="*" if o["candidate"] == winner["candidate"] else "o")  # fmt: skip
-        ax.annotate(o["candidate"], (o["cost"], o["perplexity"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)  # fmt: skip
+        ax.scatter(
+            o["cost"],
+            o["perplexity"],
+            s=40,
+            zorder=3,
+            color=colours(o["round"] / top),
+            marker="*" if o["candidate"] == winner["candidate"] else "o",
+        )
+        ax.annotate(
+            o["candidate"],
+            (o["cost"], o["perplexity"]),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize=7,
+        )
     line = sorted((points[i]["cost"], points[i]["perplexity"]) for i in front_index)
     if len(line) > 1:
         ax.plot(*zip(*line, strict=True), color="tab:red", lw=1, ls="--", label="Pareto front")
@@ -154,8 +165,9 @@ def plot(outcomes: Outcomes, winner: dict[str, Any], budget, path: Path) -> tupl
     return path, front
 
 
-def write_auto_report(ctx, rounds: list[Round], outcomes: Outcomes, winner, verified,
-                      complete: bool) -> Path:  # fmt: skip
+def write_auto_report(
+    ctx, rounds: list[Round], outcomes: Outcomes, winner, verified, complete: bool
+) -> Path:
     """Write DIR/report.md and DIR/report.html (figures in DIR/report_files); returns the .md."""
     from llmopt.report.document import render_html, render_markdown
 
