@@ -52,6 +52,9 @@ class RecipeSettings:
     text_field: str
     measure: MeasureSettings
     calibration: dict[str, Any]
+    """Calibration keys of every stage that calibrates."""
+    score_tokens: int
+    """Tokens on which `slim --params` compares its candidate shapes by KL (the proxy's)."""
     device: str
     recovery: DistillConfig
 
@@ -83,7 +86,14 @@ class RecipeSettings:
             calibration["calib_seq_len"] = config.calib_seq_len
         recovery = recovery_config(config)
         return cls(
-            model, config.data, config.text_field, measure, calibration, config.device, recovery
+            model,
+            config.data,
+            config.text_field,
+            measure,
+            calibration,
+            config.proxy_tokens,
+            config.device,
+            recovery,
         )
 
     @property
@@ -148,4 +158,9 @@ def candidate_recipe(candidate: Candidate, settings: RecipeSettings, steps: int)
 def _with_calibration(stage: dict[str, Any], settings: RecipeSettings) -> dict[str, Any]:
     if stage["stage"] not in CALIBRATING:
         return dict(stage)
-    return {**stage, **settings.calibration}
+    out = {**stage, **settings.calibration}
+    if stage["stage"] == "slim" and "params" in stage:
+        # slim's own search scores shapes by KL like the screening, on as many tokens
+        # (its default, 2048 tokens per shape, cost minutes per candidate on a CPU)
+        out["score_tokens"] = settings.score_tokens
+    return out

@@ -25,9 +25,9 @@ decides what share of the removal the structural step takes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
+from llmopt.auto.aim import MAX_SPARSITY, solve
 from llmopt.auto.budget import Budget
 from llmopt.auto.candidate import Candidate
 from llmopt.auto.sizing import FLOAT_BYTES, SizePlan, Sizer
@@ -53,8 +53,6 @@ SPLITS = (0.25, 0.5, 0.75)
 BITS = (16, 8, 4)
 TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 """--pareto: the fraction of the budget a candidate aims at."""
-MAX_SPARSITY = 0.8
-MIN_SPARSITY = 0.05
 MARGIN = {"params": 0.0, "nonzero": 0.003, "bytes": 0.01, "latency": 0.03}
 """Aim this far below the budget: parameter counts are exact, sparsity rounds per row,
 file headers vary, and latency is predicted by a fitted model."""
@@ -186,7 +184,7 @@ class Space:
         solvable = structure != "none" or pattern == "unstructured"
         if self._redundant(aim, solvable, fixed, bits, embeddings):
             return None
-        solved = self._solve(plan, aim, structure, pattern, split, fixed)
+        solved = solve(plan, self._cost, aim, structure != "none", pattern, split, fixed)
         if solved is None:
             return None
         size, keys, sparsity = solved
@@ -263,67 +261,6 @@ class Space:
         if self.budget.kind == "latency":
             return self.latency.predict(size.shape, self.sizer)
         return self.sizer.ratio(self.budget.kind, size)
-
-    def _solve(self, plan, aim: float, structure: str, pattern, split, fixed: float):
-        """(size, structure keys, sparsity) of the candidate nearest under `aim`, or None."""
-        if structure == "none":
-            if pattern == "unstructured":
-                return self._with_sparsity(plan, 1.0, aim)
-            made = plan(1.0, fixed)
-            if made is None or (fixed == 0 and made[0].bits is None):
-                return None  # nothing would be compressed
-            return (made[0], made[1], fixed) if self._cost(made[0]) <= aim else None
-        if pattern != "unstructured":
-            keep = self._largest_keep(plan, fixed, aim)
-            if keep is None:
-                return None
-            size, keys = plan(keep, fixed)
-            return size, keys, fixed
-        whole = plan(1.0, 0.0)
-        start = self._cost(whole[0]) if whole is not None else 1.0
-        goal = start - split * (start - aim)
-        keep = self._largest_keep(plan, 0.0, goal)
-        return None if keep is None else self._with_sparsity(plan, keep, aim)
-
-    def _largest_keep(self, plan, sparsity: float, aim: float) -> float | None:
-        """The largest fraction of parameters kept whose candidate costs at most `aim`."""
-
-        def too_big(keep: float) -> bool:
-            # Only small fractions cannot be built at all (no shape or plan that small),
-            # so "built and over the aim" turns from False to True once as keep grows.
-            made = plan(keep, sparsity)
-            return made is not None and self._cost(made[0]) > aim
-
-        low, high = 0.005, 0.9999
-        if not too_big(high):
-            low = high
-        for _ in range(40 if low < high else 0):
-            mid = (low + high) / 2
-            low, high = (low, mid) if too_big(mid) else (mid, high)
-        made = plan(low, sparsity)
-        return low if made is not None and self._cost(made[0]) <= aim else None
-
-    def _with_sparsity(self, plan, keep: float, aim: float):
-        """The structure at `keep` pruned just enough (4 decimals, rounded up) to cost `aim`."""
-        made = plan(keep, 0.0)
-        if made is None:
-            return None
-        size, keys = made
-
-        def cost(sparsity: float) -> float:
-            return self._cost(replace(size, sparsity=sparsity))
-
-        if cost(MAX_SPARSITY) > aim:
-            return None
-        low, high = 0.0, MAX_SPARSITY
-        for _ in range(40):
-            mid = (low + high) / 2
-            low, high = (low, mid) if cost(mid) <= aim else (mid, high)
-        sparsity = min(MAX_SPARSITY, -(-high * 10_000 // 1) / 10_000)
-        if sparsity < MIN_SPARSITY:
-            return None  # the structure alone meets the budget: that is another candidate
-        size = replace(size, sparsity=sparsity)
-        return size, keys, sparsity
 
     def _candidate(self, keys, prune, pattern, owl, sparsity, bits, embeddings, size):
         stages: list[dict[str, Any]] = [keys] if keys is not None else []
