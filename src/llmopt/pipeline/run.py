@@ -27,6 +27,7 @@ from llmopt.errors import BadInput
 from llmopt.outputs import output_lock, write_text_atomic
 from llmopt.pipeline.recipe import INPUT, Recipe, RecipeStage, load_recipe
 from llmopt.provenance import read_record
+from llmopt.stage import MeasureSettings
 
 RUN_STATE = "run.json"
 RECIPE_COPY = "recipe.yaml"
@@ -66,6 +67,7 @@ def run_recipe(
     model: str | None = None,
     report: bool = True,
     say: Callable[[str], None] | None = None,
+    input_measurement: tuple[MeasureSettings, dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run (or resume) every stage of a recipe into one folder.
 
@@ -76,6 +78,9 @@ def run_recipe(
         model: overrides the recipe's input model (only with a path).
         report: write report.md and report.html at the end.
         say: where progress lines go (default: stderr).
+        input_measurement: (settings, metrics): the input model measured with these
+            settings, when the caller has it already (a search runs many recipes from
+            one input); stages that read the input with the same settings reuse it.
 
     Raises:
         BadInput: a bad recipe (before any stage runs), a run folder that is not
@@ -95,6 +100,9 @@ def run_recipe(
         state = _read_state(folder)
         digests: dict[str, str] = {INPUT: _digest({"model": recipe.model})}
         measured: dict[str, tuple[str, dict]] = {}
+        if input_measurement is not None:
+            settings, metrics = input_measurement
+            measured[INPUT] = (_eval_key(settings), metrics)
         for index, stage in enumerate(recipe.stages, 1):
             result.stages.append(
                 _run_one(recipe, stage, folder, state, digests, measured, index, say)
@@ -130,7 +138,7 @@ def _run_one(
     digests[f"@{stage.name}"] = digest
     output = folder / stage.name
     previous = state["stages"].get(stage.name, {})
-    eval_key = json.dumps(stage.config.eval.model_dump(mode="json"), sort_keys=True)
+    eval_key = _eval_key(stage.config.eval)
     if previous.get("digest") == digest and previous.get("status") == "done":
         record = read_record(output)
         if record is not None:
@@ -180,6 +188,11 @@ def _check_data(recipe: Recipe) -> None:
 
     for stage in recipe.stages:
         check_data_sources(stage.config)
+
+
+def _eval_key(settings: MeasureSettings) -> str:
+    """Two measurements are interchangeable when their settings are equal."""
+    return json.dumps(settings.model_dump(mode="json"), sort_keys=True)
 
 
 def _note(status: str) -> str:
