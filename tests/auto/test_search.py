@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from llmopt import load_model
@@ -40,8 +41,26 @@ def test_every_returned_model_meets_its_budget(searches, budget, tiny_llama_dir)
     assert result.complete and result.winner["round"] == len(result.rounds) - 1
 
 
-def _weight_files(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)}
+def _weight_files(folder) -> dict[str, tuple[dict, dict[str, bytes]]]:
+    """Each weight file's metadata and every tensor's bytes. Not the file's bytes: safetensors
+    writes the metadata keys in a hash-map order that changes from one process to the next."""
+    from safetensors import safe_open
+
+    files = {}
+    for path in folder.iterdir():
+        if path.name.endswith(WEIGHT_SUFFIXES):
+            with safe_open(path, "pt") as handle:
+                tensors = {
+                    key: handle.get_tensor(key)
+                    .contiguous()
+                    .view(-1)
+                    .view(torch.uint8)
+                    .numpy()
+                    .tobytes()
+                    for key in handle.keys()  # noqa: SIM118 (a safe_open handle is not iterable)
+                }
+                files[path.name] = (handle.metadata(), tensors)
+    return files
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
