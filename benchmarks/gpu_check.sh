@@ -8,7 +8,7 @@
 #
 #   prepare here:  copy smollm2-135m's config.json/tokenizer*.json into .gpu/cache/models/smollm2-135m
 #                  and download the wheels the device lacks into .whl (see benchmarks/README)
-#   run there:     bash benchmarks/gpu_check.sh
+#   run there:     bash benchmarks/gpu_check.sh          (ONLY="train_cli kernels_2to4" runs just those)
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -39,6 +39,7 @@ EOF
 
 step() {  # step NAME SECONDS COMMAND...: run one check with its own limit; never stop the rest
     local name=$1 limit=$2; shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="a b": just those
     echo "=== $name"
     local t0=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -48,12 +49,14 @@ step() {  # step NAME SECONDS COMMAND...: run one check with its own limit; neve
 }
 
 step train_vs_hf 200 python3 benchmarks/train_throughput.py --device cuda --precisions bf16,fp32 \
-    --seq-len 1024 --micro 16 --steps 12 --repeats 1 --json "$OUT/train_vs_hf.json"
+    --seq-len 1024 --micro 8 --steps 10 --repeats 1 --json "$OUT/train_vs_hf.json"
 step train_cli 90 python3 -m llmopt train smollm2-135m --output /tmp/g-train --device cuda \
     --precision auto --steps 30 --micro-batch-size 16 --seq-len 1024 --log-every 5 --run-dir /tmp/g-run
 cp /tmp/g-run/metrics.jsonl "$OUT/train_metrics.jsonl" 2>/dev/null
 step distill_fp16 90 python3 -m llmopt distill smollm2-135m --teacher smollm2-135m --output /tmp/g-kd \
     --device cuda --precision fp16 --steps 10 --micro-batch-size 8 --seq-len 512
+step distill_auto 90 python3 -m llmopt distill smollm2-135m --teacher smollm2-135m --output /tmp/g-kd2 \
+    --device cuda --steps 10 --micro-batch-size 8 --seq-len 512
 step prune_wanda_2to4 90 python3 -m llmopt prune smollm2-135m --method wanda --pattern 2:4 \
     --device cuda --output /tmp/g-wanda --accelerate-2to4 --eval --eval-speed
 step quantize_gptq4 120 python3 -m llmopt quantize smollm2-135m --method gptq --bits 4 \

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+BACKENDS = ("cusparselt", "cutlass")
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]
 
 
@@ -48,31 +49,35 @@ def two_four(weight: torch.Tensor) -> torch.Tensor:
     return weight.masked_fill(nm_mask(weight.abs().float(), Pattern(2, 4)), 0)
 
 
+def _backend(name: str):
+    """Make `to_sparse_semi_structured` use cuSPARSELt or CUTLASS (PyTorch's switch)."""
+    from torch.sparse import SparseSemiStructuredTensor
+
+    SparseSemiStructuredTensor._FORCE_CUTLASS = name == "cutlass"
+
+
 def bench_matmuls(tokens: int) -> list[dict]:
+    """Each shape dense, then as a 2:4 tensor with each backend, timed side by side."""
     from torch.sparse import to_sparse_semi_structured
 
     rows = []
     for out_f, in_f in SHAPES:
         w = two_four(torch.randn(out_f, in_f, device="cuda", dtype=torch.float16))
         x = torch.randn(tokens, in_f, device="cuda", dtype=torch.float16)
-        try:
-            ws = to_sparse_semi_structured(w)
-        except (RuntimeError, ValueError) as err:
-            rows.append({"shape": [out_f, in_f], "error": str(err).splitlines()[0]})
-            continue
-        dense = cuda_time(lambda w=w, x=x: F.linear(x, w))
-        sparse = cuda_time(lambda ws=ws, x=x: F.linear(x, ws))
-        diff = float((F.linear(x, w) - F.linear(x, ws)).abs().max())
-        rows.append(
-            {
-                "shape": [out_f, in_f],
-                "tokens": tokens,
-                "dense_ms": round(dense, 4),
-                "sparse_ms": round(sparse, 4),
-                "speedup": round(dense / sparse, 2),
-                "max_abs_diff": diff,
-            }
-        )
+        row: dict = {"shape": [out_f, in_f], "tokens": tokens}
+        row["dense_ms"] = round(cuda_time(lambda w=w, x=x: F.linear(x, w)), 4)
+        for backend in BACKENDS:
+            _backend(backend)
+            try:
+                ws = to_sparse_semi_structured(w)
+                ms = cuda_time(lambda ws=ws, x=x: F.linear(x, ws))
+                diff = float((F.linear(x, w) - F.linear(x, ws)).abs().max())
+                row[backend] = {"ms": round(ms, 4), "speedup": round(row["dense_ms"] / ms, 2),
+                                "max_abs_diff": diff}  # fmt: skip
+            except (RuntimeError, ValueError) as err:
+                row[backend] = {"error": str(err).splitlines()[0]}
+        _backend("cusparselt")
+        rows.append(row)
     return rows
 
 
@@ -112,20 +117,40 @@ def bench_prefill(name: str | None, batch: int, seq_len: int) -> dict:
     dense = cuda_time(prefill, reps=10)
     from llmopt.models.arch import ArchAdapter
 
-    converted = to_semi_structured(list(ArchAdapter(model).all_linears().values()))
-    sparse_logits = prefill()
-    sparse = cuda_time(prefill, reps=10)
-    return {
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    report = {
         "model": name or "random llama 2048x8192x8",
         "batch": batch,
         "seq_len": seq_len,
         "sparsity": result.sparsity,
-        "converted_layers": converted,
         "dense_ms": round(dense, 3),
-        "sparse_ms": round(sparse, 3),
-        "speedup": round(dense / sparse, 2),
-        "max_abs_logit_diff": float((dense_logits - sparse_logits).abs().max()),
     }
+    for backend in BACKENDS:  # each converts the same dense 2:4 weights
+        _backend(backend)
+        copy = build_model(name).half().cuda()
+        copy.load_state_dict(dense_state)
+
+        def run_copy(copy=copy):
+            return copy(ids, use_cache=False).logits
+
+        try:
+            with torch.no_grad():
+                converted = to_semi_structured(list(ArchAdapter(copy).all_linears().values()))
+                logits = run_copy()
+                ms = cuda_time(torch.no_grad()(run_copy), reps=10)
+        except RuntimeError as err:  # CUTLASS's kernels are for compute capability 8.x only
+            report[backend] = {"error": str(err).splitlines()[0]}
+            del copy
+            continue
+        report[backend] = {
+            "converted_layers": converted,
+            "ms": round(ms, 3),
+            "speedup": round(dense / ms, 2),
+            "max_abs_logit_diff": float((dense_logits - logits).abs().max()),
+        }
+        del copy
+    _backend("cusparselt")
+    return report
 
 
 def main() -> None:
@@ -147,19 +172,26 @@ def main() -> None:
         "prefill": bench_prefill(args.model, args.batch, args.seq_len),
     }
     for row in report["matmuls"]:
-        if "error" in row:
-            print(f"{row['shape']!s:>14}  not supported: {row['error']}")
-        else:
-            print(
-                f"{row['shape']!s:>14}  dense {row['dense_ms']:8.4f} ms  "
-                f"2:4 {row['sparse_ms']:8.4f} ms  x{row['speedup']:.2f}"
+        cells = [f"{row['shape']!s:>14}  dense {row['dense_ms']:8.4f} ms"]
+        for backend in BACKENDS:
+            got = row[backend]
+            cells.append(
+                f"{backend} {got['ms']:8.4f} ms x{got['speedup']:.2f}"
+                if "ms" in got
+                else f"{backend}: {got['error']}"
             )
+        print("  ".join(cells))
     pf = report["prefill"]
-    print(
-        f"prefill {pf['model']} {pf['batch']}x{pf['seq_len']}: dense {pf['dense_ms']:.2f} ms, "
-        f"2:4 {pf['sparse_ms']:.2f} ms (x{pf['speedup']:.2f}, {pf['converted_layers']} layers), "
-        f"max |logit diff| {pf['max_abs_logit_diff']:.3g}"
-    )
+    print(f"prefill {pf['model']} {pf['batch']}x{pf['seq_len']}: dense {pf['dense_ms']:.2f} ms")
+    for backend in BACKENDS:
+        got = pf[backend]
+        if "error" in got:
+            print(f"  {backend}: {got['error']}")
+            continue
+        print(
+            f"  {backend}: {got['ms']:.2f} ms (x{got['speedup']:.2f}, "
+            f"{got['converted_layers']} layers), max |logit diff| {got['max_abs_logit_diff']:.3g}"
+        )
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")

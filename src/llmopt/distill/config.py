@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field
 
 from llmopt.config import PositiveInt
-from llmopt.distill.losses import DEFAULT_CHUNK_TOKENS
 from llmopt.train.stage import TrainStageConfig
 
 
@@ -36,5 +35,6 @@ class DistillConfig(TrainStageConfig):
     """Top entries per position kept in a new cache."""
     cache_batch_size: PositiveInt = 4
     """Rows per teacher forward when making the cache."""
-    chunk_tokens: int = Field(DEFAULT_CHUNK_TOKENS, ge=1)
-    """Sequence positions per loss chunk (bounds the fp32 softmax temporaries)."""
+    chunk_tokens: int | None = Field(None, ge=1)
+    """Sequence positions per loss chunk (bounds the fp32 softmax temporaries);
+    default 16 on a CPU (cache-sized), 1024 on a GPU (fewer kernel launches)."""

@@ -19,7 +19,7 @@ import torch
 
 from llmopt.distill.config import DistillConfig
 from llmopt.distill.hidden import HiddenStateLoss, default_layer_map, parse_layer_map
-from llmopt.distill.losses import LossSpec
+from llmopt.distill.losses import LossSpec, default_chunk_tokens
 from llmopt.distill.objective import DistillObjective
 from llmopt.distill.teacher import (
     META_FILE,
@@ -196,7 +196,7 @@ def prepare_distillation(dcfg: DistillConfig, ctx: StageContext, student_tokeniz
         temperature=dcfg.temperature,
         beta=dcfg.beta,
         alpha=dcfg.alpha,
-        chunk_tokens=dcfg.chunk_tokens,
+        chunk_tokens=dcfg.chunk_tokens or default_chunk_tokens(ctx.device),
     )
     summary: dict[str, Any] = {
         "teacher": dcfg.teacher,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmopt.models.tensors import storage_key
+from llmopt.models.tensors import as_plain, storage_key
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".npz")
 
@@ -44,7 +44,7 @@ def model_footprint(model: nn.Module) -> Footprint:
         total += param.numel()
         seen.setdefault(storage_key(param), param)
     unique = sum(p.numel() for p in seen.values())
-    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in seen.values())
+    nonzero = sum(int(torch.count_nonzero(as_plain(p.detach()))) for p in seen.values())
     nbytes = sum(p.numel() * p.element_size() for p in seen.values())
     return Footprint(total, unique, nonzero, nbytes)
 

@@ -14,8 +14,25 @@ StorageKey = tuple[int, int, tuple[int, ...], tuple[int, ...]]
 
 
 def storage_key(t: torch.Tensor) -> StorageKey:
-    """Two tensors are the same memory when they view the same bytes the same way."""
+    """Two tensors are the same memory when they view the same bytes the same way.
+
+    A wrapper subclass (PyTorch's semi-structured 2:4 weights) has no storage of
+    its own: it is its own key.
+    """
+    if _is_wrapper(t):
+        return (id(t), 0, tuple(t.shape), ())
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+
+def as_plain(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself, or the dense values of a wrapper subclass (for counting, not for keeping)."""
+    return t.to_dense() if _is_wrapper(t) else t
+
+
+def _is_wrapper(t: torch.Tensor) -> bool:
+    from torch.sparse import SparseSemiStructuredTensor
+
+    return isinstance(t, SparseSemiStructuredTensor)
 
 
 def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -33,6 +33,10 @@ IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 2**20
 """fp32 elements transformed per chunk (4 MiB): small enough to stay in cache and
 below the allocator's mmap threshold, large enough that Python overhead is negligible."""
+GPU_CHUNK_ELEMENTS = 2**26
+"""On a GPU the cost is kernel launches, not cache: 64M elements (256 MiB of fp32) per
+chunk. With the CPU's chunks a smollm2 step (8 x 1024 tokens) launched ~400 chunks of
+a dozen kernels each and trained at half the HF Trainer's speed on an H200."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -96,8 +100,9 @@ def _compute_dtype(device_type: str, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _chunk_rows(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, vocab))
+def _chunk_rows(vocab: int, device: torch.device) -> int:
+    elements = CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    return max(1, elements // max(1, vocab))
 
 
 def logits_to_grad_(logits: torch.Tensor, targets: torch.Tensor, want_grad: bool) -> torch.Tensor:
@@ -109,7 +114,7 @@ def logits_to_grad_(logits: torch.Tensor, targets: torch.Tensor, want_grad: bool
     changed (exponentiated chunks): callers pass a buffer they own.
     """
     total = logits.new_zeros((), dtype=torch.float32)
-    step = _chunk_rows(logits.shape[-1])
+    step = _chunk_rows(logits.shape[-1], logits.device)
     for a in range(0, logits.shape[0], step):
         part = logits[a : a + step]
         x = part if part.dtype == torch.float32 else part.float()
