@@ -36,7 +36,8 @@ def _imports(path: Path) -> set[str]:
 
 def _part(path: Path) -> str:
     rel = path.relative_to(ROOT)
-    return rel.parts[0].removesuffix(".py")
+    part = rel.parts[0].removesuffix(".py")
+    return "cli" if part == "__main__" else part  # `python -m llmopt` is the command line
 
 
 MODULES = sorted(p for p in ROOT.rglob("*.py"))

@@ -5,6 +5,7 @@ from llmopt.data.packing import (
     TokenizedCorpus,
     calibration_blocks,
     pack,
+    pad_right,
     split_documents,
     tokenize_documents,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "load_corpus",
     "load_documents",
     "pack",
+    "pad_right",
     "split_documents",
     "tokenize_documents",
 ]

@@ -88,6 +88,21 @@ def pack(ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:cut].view(n_blocks, seq_len), ids[cut:]
 
 
+def pad_right(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths as one batch, right-padded to the longest.
+
+    Returns:
+        (input_ids [rows, longest] int64, attention_mask: 1 on tokens, 0 on padding).
+    """
+    longest = max(r.numel() for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : row.numel()] = row
+        mask[i, : row.numel()] = 1
+    return ids, mask
+
+
 def calibration_blocks(ids: torch.Tensor, num: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     """Sample `num` windows of `seq_len` tokens at seeded random positions.
 

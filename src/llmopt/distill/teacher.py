@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from llmopt.data.packing import pad_right
 from llmopt.distill.losses import TopK, topk_from_logits
 from llmopt.errors import BadInput
 
@@ -94,12 +95,7 @@ class CacheMeta:
 def _rows_batches(rows: list[torch.Tensor], batch_size: int, pad_id: int):
     for a in range(0, len(rows), batch_size):
         chunk = rows[a : a + batch_size]
-        longest = max(r.numel() for r in chunk)
-        ids = torch.full((len(chunk), longest), pad_id, dtype=torch.int64)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(chunk):
-            ids[i, : r.numel()] = r
-            mask[i, : r.numel()] = 1
+        ids, mask = pad_right(chunk, pad_id)
         yield chunk, ids, mask
 
 

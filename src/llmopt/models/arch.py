@@ -16,6 +16,7 @@ loaded; `ArchSpec` names the config keys that hold them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -370,3 +371,34 @@ class ArchAdapter:
     @property
     def max_positions(self) -> int:
         return config_max_positions(self.config)
+
+
+def select_block_linears(
+    adapter: ArchAdapter, targets: str | None, skip: str | None
+) -> dict[int, dict[str, nn.Module]]:
+    """The decoder-block linears whose full names (`model.layers.3.mlp.up_proj`) match
+    the `targets` regex and not the `skip` regex (None: no filter), per block index.
+
+    Raises:
+        BadInput: a regex that does not compile (named by its flag).
+    """
+    keep, drop = _regex("--targets", targets), _regex("--skip", skip)
+    chosen: dict[int, dict[str, nn.Module]] = {}
+    for index, block in enumerate(adapter.blocks()):
+        for name, module in adapter.block_linears(block).items():
+            full = f"{adapter.blocks_path}.{index}.{name}"
+            if keep is not None and not keep.search(full):
+                continue
+            if drop is not None and drop.search(full):
+                continue
+            chosen.setdefault(index, {})[name] = module
+    return chosen
+
+
+def _regex(flag: str, pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise BadInput(f"{flag} {pattern!r}: not a regular expression ({err})") from None

@@ -7,7 +7,6 @@ calibration)`; methods are listed in `llmopt.prune.PRUNERS`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -15,7 +14,7 @@ from torch import nn
 
 from llmopt.calibrate import Calibration
 from llmopt.errors import BadInput
-from llmopt.models.arch import ArchAdapter, weight_out_in
+from llmopt.models.arch import ArchAdapter, select_block_linears, weight_out_in
 from llmopt.sparsity import Pattern, check_divisible
 
 if TYPE_CHECKING:
@@ -60,15 +59,6 @@ class Pruner(Protocol):
         ...
 
 
-def _compile(flag: str, pattern: str | None) -> re.Pattern[str] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise BadInput(f"{flag} {pattern!r}: not a regular expression ({err})") from None
-
-
 def select_targets(
     adapter: ArchAdapter, targets: str | None, skip: str | None, pattern: Pattern
 ) -> dict[int, dict[str, nn.Module]]:
@@ -80,18 +70,11 @@ def select_targets(
         BadInput: a bad regex, nothing selected, or an N:M pattern whose M does not
             divide a selected layer's input width.
     """
-    keep, drop = _compile("--targets", targets), _compile("--skip", skip)
-    chosen: dict[int, dict[str, nn.Module]] = {}
+    chosen = select_block_linears(adapter, targets, skip)
     prefix = adapter.blocks_path
-    for index, block in enumerate(adapter.blocks()):
-        for name, module in adapter.block_linears(block).items():
-            full = f"{prefix}.{index}.{name}"
-            if keep is not None and not keep.search(full):
-                continue
-            if drop is not None and drop.search(full):
-                continue
-            check_divisible(pattern, full, weight_out_in(module).shape[1])
-            chosen.setdefault(index, {})[name] = module
+    for index, linears in chosen.items():
+        for name, module in linears.items():
+            check_divisible(pattern, f"{prefix}.{index}.{name}", weight_out_in(module).shape[1])
     if not chosen:
         raise BadInput(
             f"--targets {targets!r} / --skip {skip!r}: no linear layer selected "

@@ -8,13 +8,12 @@ loading weights or calibration data.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
 from llmopt.errors import BadInput
-from llmopt.models.arch import ArchAdapter, spec_for
+from llmopt.models.arch import ArchAdapter, select_block_linears, spec_for
 from llmopt.quantize.config import QuantizeConfig
 from llmopt.quantize.state import matrix
 
@@ -37,31 +36,13 @@ def meta_model(hf_config) -> nn.Module:
         raise BadInput(f"cannot build a model from this config: {err}") from None
 
 
-def _regex(pattern: str | None, flag: str) -> re.Pattern | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise BadInput(f"{flag} {pattern!r}: not a regular expression ({err})") from None
-
-
 def select_targets(adapter: ArchAdapter, config: QuantizeConfig) -> Targets:
     """The decoder linears to quantize, per block, after --targets and --skip.
 
     Raises:
         BadInput: a regex does not compile, or it selects nothing.
     """
-    keep, drop = _regex(config.targets, "--targets"), _regex(config.skip, "--skip")
-    chosen: Targets = {}
-    for index, block in enumerate(adapter.blocks()):
-        for name, module in adapter.block_linears(block).items():
-            full = f"{adapter.blocks_path}.{index}.{name}"
-            if keep is not None and not keep.search(full):
-                continue
-            if drop is not None and drop.search(full):
-                continue
-            chosen.setdefault(index, {})[name] = module
+    chosen: Targets = select_block_linears(adapter, config.targets, config.skip)
     if not chosen and not (config.embeddings or config.head):
         raise BadInput("--targets/--skip: no decoder linear is left to quantize")
     return chosen

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmopt.data.packing import pad_right
 from llmopt.errors import BadInput
 from llmopt.train.objective import IGNORE_INDEX
 
@@ -46,12 +47,7 @@ def document_rows(documents: list[torch.Tensor], seq_len: int) -> list[torch.Ten
 
 def collate(rows: list[torch.Tensor], index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rows to the longest; labels are -100 on padding."""
-    longest = max(r.numel() for r in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(rows), longest), dtype=torch.int64)
-    for i, row in enumerate(rows):
-        ids[i, : row.numel()] = row
-        mask[i, : row.numel()] = 1
+    ids, mask = pad_right(rows, pad_id)
     labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
     return {
         "input_ids": ids,
