@@ -65,7 +65,8 @@ _floats.__name__ = "comma-separated floats"
 
 
 def _help(field: FieldInfo, optional: bool) -> str:
-    text = (field.description or "").strip().rstrip(".")
+    # argparse %-formats help strings: a literal '%' in a docstring must be doubled.
+    text = (field.description or "").strip().rstrip(".").replace("%", "%%")
     if field.is_required() or "default" in text:  # the docstring already says it
         return text
     default = field.get_default(call_default_factory=True)

@@ -23,9 +23,6 @@ they are, like every other tensor.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ from torch import nn
 
 from llmopt.errors import BadInput
 from llmopt.models.arch import ArchAdapter
+from llmopt.outputs import staged_output
 from llmopt.quantize.state import QuantState, current_codes, state_of
 
 WEIGHTS_FILE = "model.safetensors"
@@ -158,8 +156,7 @@ def export_compressed_tensors(model: nn.Module, tokenizer, folder: str | Path) -
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise BadInput(f"--output {folder}: exists and is not an empty folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with staged_output(folder) as tmp:  # whole or nothing, and the user's file modes
         model.config.save_pretrained(tmp)
         settings = json.loads((tmp / "config.json").read_text())
         settings["quantization_config"] = config
@@ -169,12 +166,6 @@ def export_compressed_tensors(model: nn.Module, tokenizer, folder: str | Path) -
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "path": str(folder),
         "bytes": (folder / WEIGHTS_FILE).stat().st_size,
