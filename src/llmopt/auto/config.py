@@ -49,7 +49,7 @@ class AutoConfig(StrictModel):
     calib_samples: PositiveInt = 32
     """Calibration blocks of every pruning, slimming and quantization stage."""
     calib_seq_len: int | None = Field(256, ge=2)
-    """Tokens per calibration block (None: the stages' default)."""
+    """Tokens per calibration block (default: 256; none: each stage's own default)."""
     calib_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Dtype of the calibration forwards (statistics and weight updates stay float32)."""
     recovery: dict[str, Any] = Field(default_factory=dict)
