@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from llmopt.errors import BadInput
+from llmopt.train.onednn import fp32_products, fp32_products_reason
 
 DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -90,6 +91,18 @@ def describe_precision(asked: str, device: torch.device) -> str:
     return f"{asked} (asked for)"
 
 
+def describe_products(name: str, device: torch.device) -> str | None:
+    """For the log: which kernels an fp32 run's matrix products use, when not PyTorch's
+    default (fp32 on a CPU where oneDNN is chosen, see `llmopt.train.onednn`), else None."""
+    if name == "fp32" and _uses_onednn(device):
+        return f"oneDNN ({fp32_products_reason()})"
+    return None
+
+
+def _uses_onednn(device: torch.device) -> bool:
+    return device.type == "cpu" and fp32_products_reason() is not None
+
+
 def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
     # Ask the device rather than keep a table: a tiny matmul under autocast.
     try:
@@ -112,12 +125,16 @@ class Precision:
         self.scaler = (
             torch.amp.GradScaler(device.type, init_scale=init_scale) if name == "fp16" else None
         )
+        # fp32 on a CPU where MKL is slow: products through oneDNN (see llmopt.train.onednn).
+        self.onednn = self.dtype is None and _uses_onednn(device)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
-        """Forward passes run inside this; a no-op in fp32."""
+        """Forward passes run inside this: autocast in bf16/fp16; in fp32, the CPU's
+        fastest fp32 products (`llmopt.train.onednn`) where that is not PyTorch's default."""
         if self.dtype is None:
-            yield
+            with fp32_products(self.onednn):
+                yield
             return
         with torch.autocast(self.device.type, dtype=self.dtype):
             yield

@@ -11,10 +11,12 @@ batch, however it is split into micro-batches and processes.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,12 @@ from llmopt.train.data import Layout, RowSource
 from llmopt.train.flops import flops_per_token, mfu, peak_flops
 from llmopt.train.objective import LMObjective, Objective, count_label_tokens
 from llmopt.train.optim import build_optimizer, build_scheduler
-from llmopt.train.precision import Precision, describe_precision, resolve_precision
+from llmopt.train.precision import (
+    Precision,
+    describe_precision,
+    describe_products,
+    resolve_precision,
+)
 from llmopt.train.tracking import MetricsLog, ProgressBar
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -90,16 +97,25 @@ def _max_positions(model: nn.Module) -> int | None:
         return None
 
 
-def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
-    """Turn recomputation of block activations in backward on or off (a HF model)."""
+def set_activation_checkpointing(
+    model: nn.Module, enabled: bool, recompute_context: Callable[[], Any] | None = None
+) -> None:
+    """Turn recomputation of block activations in backward on or off (a HF model).
+
+    `recompute_context` (a context-manager factory) is entered around each
+    recomputation, so that it runs the forward's kernels and saves the same tensors.
+    """
     # transformers 5 renamed gradient_* to activation_checkpointing_*; keep both working.
     if enabled:
         # Non-reentrant checkpointing works under DDP/FSDP and with inputs without grad.
+        kwargs: dict[str, Any] = {"use_reentrant": False}
+        if recompute_context is not None:
+            kwargs["context_fn"] = lambda: (contextlib.nullcontext(), recompute_context())
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable({"use_reentrant": False})
+            enable(kwargs)
         else:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+            model.gradient_checkpointing_enable(kwargs)
     else:
         disable = getattr(model, "activation_checkpointing_disable", None)
         (disable or model.gradient_checkpointing_disable)()
@@ -164,6 +180,7 @@ class Trainer:
             resolve_precision(cfg.precision, self.device), self.device, cfg.init_scale
         )
         self.precision_note = describe_precision(cfg.precision, self.device)
+        self.products_note = describe_products(self.precision.name, self.device)
         positions = _max_positions(self.raw_model)
         if positions is not None and cfg.seq_len > positions:
             raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
@@ -188,7 +205,9 @@ class Trainer:
         resume_from = self.resume_from
         model = self.raw_model.to(self.device)
         if cfg.grad_checkpointing:
-            set_activation_checkpointing(model, True)
+            # fp32 products through oneDNN (Precision.autocast) must also run in the recompute.
+            recompute = self.precision.autocast if self.precision.onednn else None
+            set_activation_checkpointing(model, True, recompute)
         if hasattr(model, "config"):
             model.config.use_cache = False
         model.train()
@@ -196,6 +215,8 @@ class Trainer:
         # --no-progress keeps stderr for the one line of an error.
         if self.world.is_main and cfg.progress:
             print(f"precision: {self.precision_note}", file=sys.stderr, flush=True)
+            if self.products_note:
+                print(f"fp32 products: {self.products_note}", file=sys.stderr, flush=True)
         self.objective.setup(model, self.device, self.precision)
         self.model = self._wrap(model)
         self.optimizer = build_optimizer(
@@ -540,6 +561,8 @@ class Trainer:
             "precision": self.precision.name,
             "precision_reason": self.precision_note,
         }
+        if self.products_note:
+            summary["fp32_products"] = self.products_note
         return TrainResult(
             model=model,
             state_dict=state,
