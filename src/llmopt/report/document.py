@@ -57,6 +57,11 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
+def _md_cell(text: str) -> str:
+    # A table row is one line: a newline (a sample generation has them) would end it.
+    return " ".join(text.split("\n")).replace("|", "\\|")
+
+
 def render_markdown(doc: Document, base: Path) -> str:
     """Markdown text; images are linked relative to the folder `base` of the report."""
     out = [f"# {doc.title}", ""]
@@ -68,9 +73,7 @@ def render_markdown(doc: Document, base: Path) -> str:
         elif isinstance(block, Table):
             out.append("| " + " | ".join(block.header) + " |")
             out.append("|" + "|".join(" --- " for _ in block.header) + "|")
-            out += [
-                "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in block.rows
-            ]
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
             out.append("")
         elif isinstance(block, Image):
             out += [f"![{block.caption}]({_relative(block.path, base)})", ""]
