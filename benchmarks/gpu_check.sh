@@ -50,16 +50,16 @@ step() {  # step NAME SECONDS COMMAND...: run one check with its own limit; neve
 
 step train_vs_hf 200 python3 benchmarks/train_throughput.py --device cuda --precisions bf16,fp32 \
     --seq-len 1024 --micro 8 --steps 10 --repeats 1 --json "$OUT/train_vs_hf.json"
-step train_cli 90 python3 -m llmopt train smollm2-135m --output /tmp/g-train --device cuda \
+step train_cli 90 python3 -m llmopt.cli train smollm2-135m --output /tmp/g-train --device cuda \
     --precision auto --steps 30 --micro-batch-size 16 --seq-len 1024 --log-every 5 --run-dir /tmp/g-run
 cp /tmp/g-run/metrics.jsonl "$OUT/train_metrics.jsonl" 2>/dev/null
-step distill_fp16 90 python3 -m llmopt distill smollm2-135m --teacher smollm2-135m --output /tmp/g-kd \
+step distill_fp16 90 python3 -m llmopt.cli distill smollm2-135m --teacher smollm2-135m --output /tmp/g-kd \
     --device cuda --precision fp16 --steps 10 --micro-batch-size 8 --seq-len 512
-step distill_auto 90 python3 -m llmopt distill smollm2-135m --teacher smollm2-135m --output /tmp/g-kd2 \
+step distill_auto 90 python3 -m llmopt.cli distill smollm2-135m --teacher smollm2-135m --output /tmp/g-kd2 \
     --device cuda --steps 10 --micro-batch-size 8 --seq-len 512
-step prune_wanda_2to4 90 python3 -m llmopt prune smollm2-135m --method wanda --pattern 2:4 \
+step prune_wanda_2to4 90 python3 -m llmopt.cli prune smollm2-135m --method wanda --pattern 2:4 \
     --device cuda --output /tmp/g-wanda --accelerate-2to4 --eval --eval-speed
-step quantize_gptq4 120 python3 -m llmopt quantize smollm2-135m --method gptq --bits 4 \
+step quantize_gptq4 120 python3 -m llmopt.cli quantize smollm2-135m --method gptq --bits 4 \
     --device cuda --output /tmp/g-gptq
 step kernels_2to4 90 python3 benchmarks/prune_gpu_2to4.py --json "$OUT/prune_gpu_2to4.json"
 echo "=== done"

@@ -36,8 +36,7 @@ def _imports(path: Path) -> set[str]:
 
 def _part(path: Path) -> str:
     rel = path.relative_to(ROOT)
-    part = rel.parts[0].removesuffix(".py")
-    return "cli" if part == "__main__" else part  # `python -m llmopt` is the command line
+    return rel.parts[0].removesuffix(".py")
 
 
 MODULES = sorted(p for p in ROOT.rglob("*.py"))

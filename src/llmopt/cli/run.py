@@ -39,7 +39,7 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmopt.cli.report import print_summary
     from llmopt.pipeline.run import run_recipe
-    from llmopt.train.trainer import TrainingInterrupted
+    from llmopt.train.outcome import TrainingInterrupted
 
     try:
         result = run_recipe(

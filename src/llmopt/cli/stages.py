@@ -37,7 +37,7 @@ def run_stage_verb(cls: type[Stage], args: argparse.Namespace) -> int:
     """Validate the flags, run the stage, print its summary; returns the exit status."""
     from llmopt.config import build
     from llmopt.pipeline.runner import run_stage
-    from llmopt.train.trainer import TrainingInterrupted
+    from llmopt.train.outcome import TrainingInterrupted
 
     config = build(cls.config_class, config_values(args), name_of=flag_of)
     started = time.perf_counter()

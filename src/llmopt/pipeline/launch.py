@@ -109,7 +109,7 @@ def _wait(process: subprocess.Popen) -> int:
 def _raise_outcome(stage: str, outcomes: list[dict], code: int, processes: int, failed) -> None:
     """Raise what the workers ended with (the first process's report first)."""
     from llmopt.errors import BadInput
-    from llmopt.train.trainer import TrainingInterrupted
+    from llmopt.train.outcome import TrainingInterrupted
 
     for kind in ("bad_input", "interrupted", "failed"):
         for outcome in outcomes:

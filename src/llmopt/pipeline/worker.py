@@ -28,7 +28,7 @@ def outcome_path(base: str | Path, rank: int) -> Path:
 def _outcome(spec: dict[str, Any]) -> dict[str, Any]:
     from llmopt.errors import BadInput
     from llmopt.pipeline.runner import run_stage
-    from llmopt.train.trainer import TrainingInterrupted
+    from llmopt.train.outcome import TrainingInterrupted
 
     try:
         run_stage(

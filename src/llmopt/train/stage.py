@@ -223,7 +223,7 @@ class TrainStage(Stage):
             return self.trainer.fit()
 
     def apply(self, model: nn.Module, tokenizer, ctx: StageContext) -> StageResult:
-        from llmopt.train.trainer import set_activation_checkpointing
+        from llmopt.train.model_setup import set_activation_checkpointing
 
         result = self._fit(ctx)
         if not ctx.is_main:

@@ -11,13 +11,10 @@ batch, however it is split into micro-batches and processes.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,55 +28,26 @@ from llmopt.train.callbacks import Callback
 from llmopt.train.config import TrainConfig, check_batch
 from llmopt.train.data import Layout, RowSource
 from llmopt.train.flops import flops_per_token, mfu, peak_flops
+from llmopt.train.model_setup import max_positions, set_activation_checkpointing
 from llmopt.train.objective import LMObjective, Objective, count_label_tokens
 from llmopt.train.optim import build_optimizer, build_scheduler
+from llmopt.train.outcome import (
+    NonFiniteTraining,
+    TooManySkippedSteps,
+    TrainingInterrupted,
+    TrainResult,
+)
 from llmopt.train.precision import (
     Precision,
     describe_precision,
     describe_products,
     resolve_precision,
 )
+from llmopt.train.resume_state import ResumableState
 from llmopt.train.tracking import MetricsLog, ProgressBar
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """Signals that save a checkpoint and stop training (Ctrl-C, and what schedulers send)."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM (or `request_stop`) ended training; `checkpoint` is where to resume from."""
-
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
-        super().__init__(f"interrupted after step {step}")
-        self.step = step
-        self.checkpoint = checkpoint
-
-
-class TooManySkippedSteps(RuntimeError):
-    """fp16 overflowed on too many consecutive steps: the run is diverging."""
-
-
-class NonFiniteTraining(TooManySkippedSteps):
-    """fp32/bf16: the gradient norm was NaN or infinite on too many consecutive steps."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished run hands back.
-
-    Attributes:
-        model: the trained model, unwrapped (None on processes other than 0 and
-            under FSDP, where `state_dict` holds the full weights on process 0).
-        history: one row per step: loss, lr, grad_norm, skipped, objective metrics.
-    """
-
-    model: nn.Module | None
-    state_dict: dict[str, torch.Tensor] | None
-    history: list[dict[str, Any]]
-    steps: int
-    tokens: int
-    wall_time_s: float
-    skipped_steps: int
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -88,40 +56,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     }
 
 
-def _max_positions(model: nn.Module) -> int | None:
-    from llmopt.models.arch import ArchAdapter
-
-    try:
-        return ArchAdapter(model).max_positions
-    except (AttributeError, KeyError, ValueError, BadInput):  # a family the adapter lacks
-        return None
-
-
-def set_activation_checkpointing(
-    model: nn.Module, enabled: bool, recompute_context: Callable[[], Any] | None = None
-) -> None:
-    """Turn recomputation of block activations in backward on or off (a HF model).
-
-    `recompute_context` (a context-manager factory) is entered around each
-    recomputation, so that it runs the forward's kernels and saves the same tensors.
-    """
-    # transformers 5 renamed gradient_* to activation_checkpointing_*; keep both working.
-    if enabled:
-        # Non-reentrant checkpointing works under DDP/FSDP and with inputs without grad.
-        kwargs: dict[str, Any] = {"use_reentrant": False}
-        if recompute_context is not None:
-            kwargs["context_fn"] = lambda: (contextlib.nullcontext(), recompute_context())
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(kwargs)
-        else:
-            model.gradient_checkpointing_enable(kwargs)
-    else:
-        disable = getattr(model, "activation_checkpointing_disable", None)
-        (disable or model.gradient_checkpointing_disable)()
-
-
-class Trainer:
+class Trainer(ResumableState):
     """Trains `model` on `data` with `objective` under `config` (see `fit`)."""
 
     def __init__(
@@ -181,7 +116,7 @@ class Trainer:
         )
         self.precision_note = describe_precision(cfg.precision, self.device)
         self.products_note = describe_products(self.precision.name, self.device)
-        positions = _max_positions(self.raw_model)
+        positions = max_positions(self.raw_model)
         if positions is not None and cfg.seq_len > positions:
             raise BadInput(f"--seq-len {cfg.seq_len}: the model has {positions} positions")
         check_batch(cfg, len(self.data), self.world.world_size)
@@ -239,88 +174,6 @@ class Trainer:
         else:
             wrapped = model
         return torch.compile(wrapped) if cfg.compile else wrapped
-
-    def _check_resumable(self, meta: dict[str, Any], path: Path) -> None:
-        problems = []
-        if meta["fingerprint"] != self.fingerprint:
-            problems.append(
-                f"model: {meta['fingerprint']['model_type']} "
-                f"({meta['fingerprint']['parameters']}) in the checkpoint, "
-                f"{self.fingerprint['model_type']} ({self.fingerprint['parameters']}) now"
-            )
-        if meta["world_size"] != self.world.world_size:
-            problems.append(
-                f"processes: {meta['world_size']} in the checkpoint, {self.world.world_size} now"
-            )
-        problems += self.config.resume_mismatches(meta["config"])
-        if problems:
-            raise BadInput(f"--resume {path}: incompatible ({'; '.join(problems)})")
-
-    # ----- state -------------------------------------------------------------------------
-
-    def _full_state(self) -> tuple[dict, dict]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_state_dict(self.raw_model, self.optimizer, options=options)
-
-    def _restore(self, path: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        meta = ckpt.read_meta(path)
-        options = StateDictOptions(full_state_dict=True, strict=True)
-        set_state_dict(
-            self.raw_model,
-            self.optimizer,
-            model_state_dict=ckpt.read_tensors(path, "model"),
-            optim_state_dict=ckpt.read_tensors(path, "optimizer"),
-            options=options,
-        )
-        self.scheduler.load_state_dict(meta["scheduler"])
-        self.precision.load_state_dict(ckpt.read_tensors(path, "scaler"))
-        ckpt.set_rng_state(ckpt.read_tensors(path, "rng")[self.world.rank])
-        self.data.load_state_dict(meta["data"])
-        self.step = meta["step"]
-        self.history = meta["history"]
-        self.skipped_steps = meta["skipped_steps"]
-        self.consecutive_skips = meta["consecutive_skips"]
-        self.tokens_seen = meta["tokens_seen"]
-
-    def save_checkpoint(self) -> Path | None:
-        """Write a resumable checkpoint of the current step (all processes must call)."""
-        if self.run_dir is None:
-            return None
-        self._flush()
-        model_sd, optim_sd = self._full_state()
-        rngs = dist_util.gather_objects(ckpt.rng_state())
-        path = None
-        if self.world.is_main:
-            meta = {
-                "step": self.step,
-                "config": self.config.model_dump(mode="json"),
-                "fingerprint": self.fingerprint,
-                "source": self.source,
-                "world_size": self.world.world_size,
-                "data": self.data.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "history": self.history,
-                "skipped_steps": self.skipped_steps,
-                "consecutive_skips": self.consecutive_skips,
-                "tokens_seen": self.tokens_seen,
-            }
-            tensors = {
-                "model": model_sd,
-                "optimizer": optim_sd,
-                "scaler": self.precision.state_dict(),
-                "rng": rngs,
-            }
-            path = ckpt.write_checkpoint(
-                self.run_dir / "checkpoints", self.step, tensors, meta, self.config.keep_last
-            )
-            for cb in self.callbacks:
-                cb.on_checkpoint(self, path)
-        dist_util.barrier()
-        return path
 
     def request_stop(self) -> None:
         """Ask the loop to save a checkpoint and stop at the next step boundary."""
