@@ -115,9 +115,16 @@ def logits_to_grad_(logits: torch.Tensor, targets: torch.Tensor, want_grad: bool
     """
     total = logits.new_zeros((), dtype=torch.float32)
     step = _chunk_rows(logits.shape[-1], logits.device)
+    # One fp32 chunk for all of them: a fresh chunk-sized buffer per chunk costs a page
+    # fault per 4 KiB on a CPU, about as much as the chunk's arithmetic.
+    scratch = (
+        None
+        if logits.dtype == torch.float32
+        else logits.new_empty((min(step, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
+    )
     for a in range(0, logits.shape[0], step):
         part = logits[a : a + step]
-        x = part if part.dtype == torch.float32 else part.float()
+        x = part if scratch is None else scratch[: part.shape[0]].copy_(part)
         t = targets[a : a + step]
         valid = t != IGNORE_INDEX
         safe = t.clamp_min(0).unsqueeze(1)
@@ -159,8 +166,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_w, grad_b = ctx.saved_tensors
 
+        # In place: the saved gradients serve this one backward (the graph is not
+        # retained), and a fresh [V, d] buffer would cost its page faults every step.
         def scaled(g):
-            return None if g is None else g * grad_loss.to(g.dtype)
+            return None if g is None else g.mul_(grad_loss.to(g.dtype))
 
         return scaled(grad_h), scaled(grad_w), scaled(grad_b), None
 
