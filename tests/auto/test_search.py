@@ -163,3 +163,12 @@ def test_a_pareto_search_aims_below_the_budget_too(tmp_path):
     assert result.verified["meets"]
     assert result.winner == min(result.rounds[-1], key=lambda o: (o["perplexity"], o["kl"]))
     assert "Pareto front" in result.report.read_text()
+
+
+def test_the_best_anchors_are_tried_again_with_reconstruction(tmp_path):
+    result = run_search("tiny-llama", tmp_path / "search", "nonzero=0.6", trials=8)
+    labels = [o["label"] for o in result.rounds[0]]
+    anchors = [o for o in result.rounds[0] if "reconstruct" not in o["label"]]
+    ranked = sorted((o for o in anchors if o["feasible"]), key=lambda o: o["kl"])
+    for best in ranked[:2]:
+        assert best["label"] + " + reconstruct" in labels

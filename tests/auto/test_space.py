@@ -129,6 +129,8 @@ PREDICTED = [
     ("nonzero=0.5", {"structure": "slim", "slim_depth": 0.0, "slim_attention": "keep",
                      "prune": "sparsegpt", "pattern": "unstructured", "owl": False,
                      "split": 0.5}, 0.005),
+    ("nonzero=0.5", {"structure": "none", "prune": "wanda", "pattern": "unstructured",
+                     "owl": False, "reconstruct": True}, 0.005),
     ("bytes=0.4", {"structure": "none", "prune": "wanda", "pattern": "2:4", "bits": 4,
                    "quant_embeddings": False}, 0.02),
     ("bytes=0.4", {"structure": "slim", "slim_depth": 1.0, "slim_attention": "keep",
@@ -159,3 +161,16 @@ def test_predicted_costs_match_the_measured_checkpoints(tmp_path, budget, decisi
     after = result.stages[-1].record["metrics"]["after"]
     measured = space.budget.ratio(after, space.sizer.original)
     assert measured == pytest.approx(candidate.predicted, abs=tolerance)
+    # a reconstruction keeps what the stages before it removed
+    assert [s.name for s in result.stages][-1:] == (
+        ["reconstruct"] if decisions.get("reconstruct") else [result.stages[-1].name]
+    )
+
+
+def test_reconstruction_is_a_choice_after_compression_and_never_alone():
+    candidates = _sample(_space("smollm2-135m", "nonzero=0.5"), 120)
+    rebuilt = [c for c in candidates if c.stages and c.stages[-1]["stage"] == "reconstruct"]
+    assert rebuilt and len(rebuilt) < len(candidates)
+    for candidate in rebuilt:
+        assert len(candidate.stages) >= 2 and candidate.stages[-1]["teacher"] == "@input"
+        assert candidate.label.endswith("+ reconstruct")

@@ -39,7 +39,7 @@ RECOVERY_KEYS = (
 )
 """The distill keys written into every recovery stage (from the defaults, or --recovery)."""
 
-CALIBRATING = ("prune", "slim", "quantize")
+CALIBRATING = ("prune", "slim", "reconstruct", "quantize")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Round 0: screen candidates proposed by Optuna's sampler, cheapest measurement first.
 
 The single-technique candidates (`Space.anchors`) are queued first, so every
-search measures them; then the sampler (TPE, multi-objective with --pareto)
+search measures them, then the best of them again with block-wise reconstruction
+(`refine`); then the sampler (TPE, multi-objective with --pareto)
 proposes the rest, learning from the proxy values told so far. A measured
 cost over the budget is told to the sampler as a violated constraint. Choices
 that describe no candidate (nothing fits the budget that way) are told as
@@ -52,6 +53,7 @@ def screen(ctx: Context, store: Store, space: Space, round_: Round, deadline: fl
         study.set_user_attr("anchors_queued", True)
     done = {o["candidate"]: o for o in store.outcomes(0)}
     failed = store.failed(0)
+    refine(study, space, done, round_.size)
     if ctx.budget.kind == "latency" and done:
         space.latency = latency_model(list(done.values()), space)
     attempts = 0
@@ -90,9 +92,36 @@ def screen(ctx: Context, store: Store, space: Space, round_: Round, deadline: fl
         if fresh:  # stored: a resumed search will not run it again
             ctx.log("done", candidate=candidate.id, round=0)
             ctx.say(line(outcome, ctx.budget, f"screen {len(done)}/{round_.size}"))
+            refine(study, space, done, round_.size)
         if ctx.budget.kind == "latency":
             space.latency = latency_model(list(done.values()), space)
     return True
+
+
+REFINED = 2
+"""How many of the best anchors are tried again with block-wise reconstruction."""
+
+
+def refine(study, space: Space, done: dict[str, dict[str, Any]], size: int) -> None:
+    """Once every anchor is measured, queue the `REFINED` best (by the proxy) again with
+    reconstruction, where the round has room for them and for one sampled trial.
+
+    The single-technique recipes are the strongest candidates known before any is
+    measured; a local step from the best of them is likelier to beat them than a
+    sample from the whole space (which the sampler explores with the trials left).
+    """
+    if study.user_attrs.get("refined") or space.pareto:  # a front wants spread, not a peak
+        return
+    anchors = space.anchors()[:size]
+    measured = [(a, done.get(c.id)) for a in anchors if (c := space.build(a)) is not None]
+    if any(outcome is None for _, outcome in measured):
+        return
+    # at least one trial is left to the sampler
+    count = min(REFINED, size - len(anchors) - 1)
+    best = sorted((o["kl"], i) for i, (_, o) in enumerate(measured) if o["feasible"])
+    for _, i in best[: max(count, 0)]:
+        study.enqueue_trial({**measured[i][0], "reconstruct": True})
+    study.set_user_attr("refined", True)
 
 
 def latency_model(outcomes: list[dict[str, Any]], space: Space):
