@@ -32,6 +32,16 @@ def workspace(rows: int, vocab: int, device: torch.device) -> tuple[torch.Tensor
     return tuple(torch.empty(rows, vocab, dtype=torch.float32, device=device) for _ in range(4))
 
 
+def workspace_for(
+    divergence: str, teacher: object, rows: int, vocab: int, device: torch.device
+) -> tuple[torch.Tensor, ...] | None:
+    """A `workspace` where the closed form applies (forward KL against full teacher
+    logits, not a top-k cache), else None."""
+    if divergence == "kl" and isinstance(teacher, torch.Tensor):
+        return workspace(rows, vocab, device)
+    return None
+
+
 def kl_ce_to_grad_(
     piece: torch.Tensor,
     teacher: torch.Tensor,
