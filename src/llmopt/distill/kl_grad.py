@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from llmopt.train.objective import IGNORE_INDEX
 
 
 def workspace(rows: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -39,7 +39,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from llmopt.distill.kl_grad import IGNORE_INDEX, kl_ce_to_grad_, workspace_for
+from llmopt.distill.kl_grad import kl_ce_to_grad_, workspace_for
+from llmopt.train.objective import IGNORE_INDEX
 
 DEFAULT_CHUNK_TOKENS = 16
 GPU_CHUNK_TOKENS = 1024

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from llmopt.train.objective import IGNORE_INDEX
+
 CHUNK_ELEMENTS = 2**20
 """fp32 elements transformed per chunk (4 MiB): small enough to stay in cache and
 below the allocator's mmap threshold, large enough that Python overhead is negligible."""
