@@ -113,7 +113,7 @@ def refine(study, space: Space, done: dict[str, dict[str, Any]], size: int) -> N
     if study.user_attrs.get("refined") or space.pareto:  # a front wants spread, not a peak
         return
     anchors = space.anchors()[:size]
-    measured = [(a, done.get(c.id)) for a in anchors if (c := space.build(a)) is not None]
+    measured = [(a, done.get(space.build(a).id)) for a in anchors]  # anchors all build
     if any(outcome is None for _, outcome in measured):
         return
     # at least one trial is left to the sampler

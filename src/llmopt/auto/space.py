@@ -106,8 +106,10 @@ class Space:
             ValueError: a decision is not one of its choices.
         """
 
+        given = {**OPTIONAL, **decisions}
+
         def pick(name: str, choices: tuple) -> Any:
-            value = decisions[name] if name in decisions or name not in OPTIONAL else OPTIONAL[name]
+            value = given[name]
             if value not in choices:
                 raise ValueError(f"{name}={value!r}: not one of {choices}")
             return value
@@ -119,33 +121,23 @@ class Space:
         sharing, quantization alone) that every search screens first."""
         kind = self.budget.kind
         slim = [
-            {"structure": "slim", "slim_depth": d, "slim_attention": "keep", "reconstruct": False}
-            for d in (0.0, 1.0)
+            {"structure": "slim", "slim_depth": d, "slim_attention": "keep"} for d in (0.0, 1.0)
         ]
-        share = {
-            "structure": "share",
-            "share_strategy": "cycle",
-            "share_init": "stepwise",
-            "reconstruct": False,
-        }
+        share = {"structure": "share", "share_strategy": "cycle", "share_init": "stepwise"}
         out: list[dict[str, Any]] = []
         if kind in ("nonzero", "bytes"):
             for method in ("wanda", "sparsegpt"):
                 out.append(
-                    {
-                        "structure": "none",
-                        "prune": method,
-                        "pattern": "unstructured",
-                        "owl": False,
-                        "reconstruct": False,
-                    }
+                    {"structure": "none", "prune": method, "pattern": "unstructured", "owl": False}
                 )
             out += [{**s, "prune": "none"} for s in slim]
             out.append({**share, "prune": "none"})
         else:
             out += slim
             if kind == "params":
-                out += [{"structure": "slim", "slim_depth": "auto", "reconstruct": False}, share]
+                out += [{"structure": "slim", "slim_depth": "auto"}, share]
+        # Said explicitly: an enqueued trial's missing decision would be sampled.
+        out = [{**a, "reconstruct": False} for a in out]
         if kind == "bytes":
             out = [{**a, "bits": 16} for a in out]
             out += [
@@ -184,8 +176,8 @@ class Space:
         prune = pick("prune", PRUNERS) if kind in ("nonzero", "bytes") else "none"
         pattern = pick("pattern", PATTERNS) if prune != "none" else None
         owl = pick("owl", (False, True)) if pattern == "unstructured" else False
-        rebuild = structure != "none" or prune != "none"
-        rebuild = rebuild and pick("reconstruct", (False, True))
+        compressed = structure != "none" or prune != "none"
+        rebuild = compressed and pick("reconstruct", (False, True))
         bits = pick("bits", BITS) if kind == "bytes" else 16
         embeddings = pick("quant_embeddings", (False, True)) if bits < 16 else False
         if structure == "share" and bits < 16:
