@@ -9,6 +9,7 @@ out while no `slim` stage is registered). Recovery methods, each a curve:
   kd     logit distillation from the dense model (`llmopt distill`), zeros kept
   rc     block-wise reconstruction against the dense model (`llmopt reconstruct`)
   rc+kd  rc, then kd
+  rc+hard  rc, then hard labels (compare phase only)
 
 Held-out text (nothing here trains or calibrates on it): the validation split
 of `pydoc` (reference topics never in the training split that training rows
@@ -37,11 +38,12 @@ Phases (`--phase all` runs them in this order; finished runs are reused):
   timing   seconds per step of hard, kd and one reconstruction block step
   report   tables (score against steps, tokens, CPU and converted seconds)
 
-  compare  (not in `all`) issue 14's four curves on the 2:4 model at one CPU
-           budget (--budget-cpu, --lr): hard labels, kd at T=2 alpha=0.5,
-           kd at T=1 alpha=1 (forward KL on the logits alone), and
-           reconstruction then kd at T=1 alpha=1; steps are planned from
-           measured CPU seconds per step, and `report` prints the curves
+  compare  (not in `all`) issue 14's curves at one CPU budget (--budget-cpu,
+           --lr) on --models (default: the 2:4 model): hard labels, kd at
+           T=2 alpha=0.5 (the default), kd at T=1 alpha=1 (forward KL on
+           the logits alone), reconstruction then kd, and (--methods)
+           reconstruction then hard labels; steps are planned from measured
+           CPU seconds per step, and `report` prints the curves
 
     .venv/bin/python benchmarks/recovery.py                 # hours on 2 shared cores
     .venv/bin/python benchmarks/recovery.py --quick         # the same story in minutes
@@ -194,7 +196,10 @@ def prepare(args, profile: Profile) -> dict[str, Any]:
     corpora = heldout(load_tokenizer(TEACHER), args.workdir, profile)
     if "dense" not in facts:
         facts["dense"] = {"score": score(load_checkpoint(TEACHER), corpora, profile)}
+    wanted = args.models.split(",") if args.models else None
     for name, spec in model_specs(profile).items():
+        if wanted is not None and name not in wanted:
+            continue
         folder = args.workdir / "models" / name
         if name in facts and (folder / "llmopt.json").is_file():
             continue
@@ -630,44 +635,44 @@ def _measured_rc(args) -> float:
     return RC_CPU_GUESS
 
 
+COMPARE = {
+    "hard": ("hard", None, False),
+    "kd-T2a0.5": ("kd", {"divergence": "kl", "temperature": 2.0, "alpha": 0.5}, False),
+    "kd-T1a1": ("kd", {"divergence": "kl", "temperature": 1.0, "alpha": 1.0}, False),
+    "rc+kd-T1a1": ("rc+kd", {"divergence": "kl", "temperature": 1.0, "alpha": 1.0}, True),
+    "rc+kd-T2a0.5": ("rc+kd", {"divergence": "kl", "temperature": 2.0, "alpha": 0.5}, True),
+    "rc+hard": ("rc+hard", None, True),
+}
+"""The compare phase's curves: name -> (method, distillation loss, reconstruction first)."""
+COMPARE_DEFAULT = ("hard", "kd-T2a0.5", "kd-T1a1", "rc+kd-T1a1")
+
+
 def compare_specs(args, profile: Profile) -> list[dict[str, Any]]:
-    """The curves of issue 14 at learning rate `args.lr`, each planned to `args.budget_cpu`."""
-    m, budget, lr = "wanda-2of4", args.budget_cpu, args.lr
+    """The curves of issue 14 at learning rate `args.lr` on each of `args.models` (default: the
+    2:4 model), each planned to `args.budget_cpu` from measured CPU seconds per step."""
+    budget, lr = args.budget_cpu, args.lr
     train = {"lr": lr}
-    kd_rate = _measured_rate(args, "kd")
-    kd_steps = max(1, round(budget / kd_rate))
     rc = {**_rc(profile, RC_COMPARE["steps"], RC_COMPARE["lr"]), **RC_COMPARE}
-    rc_steps = max(1, round((budget - _measured_rc(args)) / kd_rate))
-    t1 = {"divergence": "kl", "temperature": 1.0, "alpha": 1.0}
-    t2 = {"divergence": "kl", "temperature": 2.0, "alpha": 0.5}
-    every = {
-        "hard": _spec(
-            f"cmp-hard-lr{lr:g}",
-            m,
-            "hard",
-            max(1, round(budget / _measured_rate(args, "hard"))),
-            train=train,
-            evals=args.evals,
-        ),
-        "kd-T2a0.5": _spec(
-            f"cmp-kd-T2a0.5-lr{lr:g}", m, "kd", kd_steps, train=train, kd=t2, evals=args.evals
-        ),
-        "kd-T1a1": _spec(
-            f"cmp-kd-T1a1-lr{lr:g}", m, "kd", kd_steps, train=train, kd=t1, evals=args.evals
-        ),
-        "rc+kd-T1a1": _spec(
-            f"cmp-rc+kd-T1a1-lr{lr:g}",
-            m,
-            "rc+kd",
-            rc_steps,
-            train=train,
-            kd=t1,
-            rc=rc,
-            evals=max(2, args.evals - 1),
-        ),
-    }
-    wanted = args.methods.split(",") if args.methods else list(every)
-    return [every[name] for name in wanted]
+    wanted = args.methods.split(",") if args.methods else list(COMPARE_DEFAULT)
+    unknown = [name for name in wanted if name not in COMPARE]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(COMPARE)}")
+    specs = []
+    for model in (args.models or "wanda-2of4").split(","):
+        # The 2:4 model's runs keep their first ids (cmp-hard-lr0.0003, ...).
+        prefix = "cmp-" if model == "wanda-2of4" else f"cmp-{model}-"
+        for name in wanted:
+            method, kd, first_rc = COMPARE[name]
+            rate = _measured_rate(args, "hard" if kd is None else "kd")
+            left = budget - (_measured_rc(args) if first_rc else 0.0)
+            parts: dict[str, Any] = {"train": train, "evals": args.evals}
+            if kd is not None:
+                parts["kd"] = kd
+            if first_rc:
+                parts["rc"] = rc
+            steps = max(1, round(left / rate))
+            specs.append(_spec(f"{prefix}{name}-lr{lr:g}", model, method, steps, **parts))
+    return specs
 
 
 # ----- seconds per step, interleaved -----------------------------------------------------
@@ -780,7 +785,6 @@ def _factor(timing_facts: dict | None, kind: str) -> float | None:
 
 def wall_estimate(run: dict[str, Any], point: dict[str, Any], timing_facts) -> float | None:
     """A point's cost in wall seconds at the timing machine's default threads."""
-    method = run["spec"]["method"]
     rc_point = next((p for p in run["points"] if p["phase"] == "rc"), None)
     rc_cpu = rc_point["cpu_s"] if rc_point else 0.0
     train_cpu = point["cpu_s"] - rc_cpu if point["phase"] == "train" else 0.0
@@ -788,7 +792,7 @@ def wall_estimate(run: dict[str, Any], point: dict[str, Any], timing_facts) -> f
         rc_cpu = point["cpu_s"]
     f_rc, f_train = (
         _factor(timing_facts, "rc"),
-        _factor(timing_facts, "hard" if method == "hard" else "kd"),
+        _factor(timing_facts, "kd" if "kd" in run["spec"] else "hard"),
     )
     if f_rc is None or f_train is None:
         return None
@@ -972,7 +976,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--methods",
         default=None,
-        help="compare: some of hard,kd-T2a0.5,kd-T1a1,rc+kd-T1a1 (default: all four)",
+        help=f"compare: some of {','.join(COMPARE)} (default: {','.join(COMPARE_DEFAULT)})",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="prepare and compare: some of wanda-2of4,sparsegpt-50,share-20,slim-80 "
+        "(default: prepare all, compare wanda-2of4)",
     )
     p.add_argument("--quick", action="store_true", help="tiny horizons and data (minutes)")
     p.add_argument(

@@ -47,9 +47,15 @@ def run_search(model: str | Path, folder: Path, budget: str, **changes: Any):
 
 @pytest.fixture(scope="module")
 def searches(tmp_path_factory) -> dict[str, Any]:
-    """One finished search per size budget (run once for the module that asks)."""
+    """One finished search per size budget (run once for the module that asks); the
+    nonzero=0.5 search keeps every candidate's run folder."""
     root = tmp_path_factory.mktemp("auto")
     return {
-        budget: run_search("tiny-llama", root / budget.replace("=", "-"), budget)
+        budget: run_search(
+            "tiny-llama",
+            root / budget.replace("=", "-"),
+            budget,
+            keep_candidates=budget == "nonzero=0.5",
+        )
         for budget in ("params=0.7", "nonzero=0.5", "bytes=0.4")
     }

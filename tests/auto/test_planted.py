@@ -41,7 +41,7 @@ def _removed_layers(outcome: dict) -> list[int]:
 
 
 def test_the_search_finds_the_planted_best_candidate(planted, tmp_path):
-    result = run_search(planted, tmp_path / "search", "params=0.7")
+    result = run_search(planted, tmp_path / "search", "params=0.7", keep_candidates=True)
     winner = result.winner
     assert winner["label"].startswith("slim") and _removed_layers(winner) == list(SILENT)
     screened = result.rounds[0]

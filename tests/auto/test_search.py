@@ -114,6 +114,19 @@ def test_the_input_is_measured_once_for_every_candidate(searches):
             assert record["metrics"]["before"] == original
 
 
+def test_only_the_winner_keeps_its_run_folder_and_every_recipe_stays(searches):
+    result = searches["params=0.7"]
+    left = sorted(p.name for p in (result.folder / "candidates").iterdir())
+    assert left == [result.winner["candidate"]]
+    screened = {o["candidate"] for o in result.rounds[0]}
+    assert len(screened) > 1
+    recipes = {p.name.split("-r")[0] for p in (result.folder / "recipes").glob("*.yaml")}
+    assert screened <= recipes
+    kept = searches["nonzero=0.5"]  # --keep-candidates
+    names = {p.name for p in (kept.folder / "candidates").iterdir()}
+    assert names >= {o["candidate"] for o in kept.rounds[0]}
+
+
 def test_a_finished_search_run_again_does_no_candidate_twice(searches):
     result = searches["params=0.7"]
     events = (result.folder / "events.jsonl").read_text().splitlines()

@@ -61,3 +61,6 @@ class AutoConfig(StrictModel):
     """Where every stage computes: auto, cpu, cuda, cuda:1."""
     progress: bool = True
     """Print one line per candidate and round."""
+    keep_candidates: bool = False
+    """Keep the checkpoints of every candidate (default: a candidate's run folder is removed
+    once it is out of the search, and the finalists' but the winner's at the end)."""

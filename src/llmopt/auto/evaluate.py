@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,24 @@ def run_candidate(ctx: Context, recipe: Path, candidate_id: str):
         input_measurement=(ctx.settings.measure, ctx.original),
     )
     return result.stages[-1]
+
+
+def discard(ctx: Context, candidate_ids: Iterable[str]) -> None:
+    """Remove the run folders of candidates that are out of the search, unless
+    --keep-candidates; their recipes stay (DIR/recipes), and `run_candidate` rebuilds a
+    removed folder if a candidate is ever needed again.
+
+    The folder is renamed before it is removed, so an interrupted removal never leaves a
+    run folder whose records claim outputs that are gone.
+    """
+    if ctx.config.keep_candidates:
+        return
+    root = ctx.folder / "candidates"
+    for cid in sorted(candidate_ids):
+        if (root / cid).is_dir():
+            (root / cid).rename(root / f".{cid}.removed")
+    for leftover in root.glob(".*.removed") if root.is_dir() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def evaluate(ctx: Context, candidate: Candidate, round_: Round) -> dict[str, Any]:

@@ -8,10 +8,12 @@
    (`llmopt.auto.screen`); successive-halving rounds give the most promising
    ones growing recovery and proxy budgets; the finalists get the full recovery
    and the one with the lowest held-out perplexity wins (`llmopt.auto.finish`).
-4. Everything is kept in the output folder: the Optuna studies, every
-   candidate's run folder and recipe, so a search started again with the same
-   command resumes where it stopped; --time-limit stops starting new work and
-   returns the best feasible model found so far.
+4. The output folder keeps the Optuna studies, every candidate's recipe and the
+   run folders of the candidates still in the search, so a search started again
+   with the same command resumes where it stopped; --time-limit stops starting
+   new work and returns the best feasible model found so far. A candidate's run
+   folder (a checkpoint per stage) goes once the candidate is out of the search
+   (--keep-candidates keeps them all): a 135M model's search made 18 GB of them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from llmopt.auto import clock
 from llmopt.auto.budget import Budget, parse_budget
 from llmopt.auto.candidate import Candidate
 from llmopt.auto.config import AutoConfig
-from llmopt.auto.evaluate import CandidateFailed, Context, evaluate
+from llmopt.auto.evaluate import CandidateFailed, Context, discard, evaluate
 from llmopt.auto.rounds import Round, promote, schedule
 from llmopt.auto.screen import line, sampler, screen, values
 from llmopt.auto.space import Space
@@ -35,7 +37,7 @@ from llmopt.config import build
 from llmopt.errors import BadInput
 
 ORIGINAL = "original.json"
-RESUMABLE_ANYWAY = ("time_limit", "progress", "device")
+RESUMABLE_ANYWAY = ("time_limit", "progress", "device", "keep_candidates")
 """Settings a resumed search may change (they do not change what a candidate is)."""
 
 
@@ -185,6 +187,8 @@ def _search(source, spec: str, folder: Path, budget: Budget, cfg: AutoConfig, sa
     if not complete:
         say("time limit reached: no new candidate started; returning the best one so far")
     winner, verified = deliver(ctx, outcomes, complete)
+    if complete:  # an incomplete search may be resumed: its survivors stay
+        discard(ctx, {o["candidate"] for o in outcomes[-1]} - {winner["candidate"]})
     report = write_auto_report(ctx, rounds, outcomes, winner, verified, complete)
     _write_summary(folder, budget, winner, verified, complete, outcomes)
     model, recipe = folder / "model", folder / "recipe.yaml"
@@ -260,7 +264,10 @@ def _run_round(
 ) -> bool:
     """Promote from the round before and run this round's recovery; False if the deadline
     stopped it."""
-    ids = promote(store.outcomes(round_.index - 1), round_.size, ctx.config.pareto)
+    before = store.outcomes(round_.index - 1)
+    ids = promote(before, round_.size, ctx.config.pareto)
+    out = {o["candidate"] for o in before} | store.failed(round_.index - 1)
+    discard(ctx, out - set(ids))
     done = {o["candidate"] for o in store.outcomes(round_.index)} | store.failed(round_.index)
     name = "final" if round_.final else f"round {round_.index}"
     for position, cid in enumerate(ids, 1):
