@@ -671,7 +671,9 @@ def compare_specs(args, profile: Profile) -> list[dict[str, Any]]:
             if first_rc:
                 parts["rc"] = rc
             steps = max(1, round(left / rate))
-            specs.append(_spec(f"{prefix}{name}-lr{lr:g}", model, method, steps, **parts))
+            seed = f"-seed{args.seed}" if args.seed else ""
+            run_id = f"{prefix}{name}-lr{lr:g}{seed}"
+            specs.append(_spec(run_id, model, method, steps, seed=args.seed, **parts))
     return specs
 
 
@@ -973,6 +975,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--budget-cpu", type=float, default=450.0, help="compare: CPU s per curve")
     p.add_argument("--lr", type=float, default=3e-4, help="compare: the learning rate")
     p.add_argument("--evals", type=int, default=5, help="compare: curve points per run")
+    p.add_argument("--seed", type=int, default=0, help="compare: the runs' seed (data order, init)")
     p.add_argument(
         "--methods",
         default=None,
