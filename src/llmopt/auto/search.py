@@ -188,7 +188,8 @@ def _search(source, spec: str, folder: Path, budget: Budget, cfg: AutoConfig, sa
         say("time limit reached: no new candidate started; returning the best one so far")
     winner, verified = deliver(ctx, outcomes, complete)
     if complete:  # an incomplete search may be resumed: its survivors stay
-        discard(ctx, {o["candidate"] for o in outcomes[-1]} - {winner["candidate"]})
+        finalists = {o["candidate"] for o in outcomes[-1]} | store.failed(rounds[-1].index)
+        discard(ctx, finalists - {winner["candidate"]})
     report = write_auto_report(ctx, rounds, outcomes, winner, verified, complete)
     _write_summary(folder, budget, winner, verified, complete, outcomes)
     model, recipe = folder / "model", folder / "recipe.yaml"
