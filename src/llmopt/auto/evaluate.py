@@ -107,14 +107,16 @@ def discard(ctx: Context, candidate_ids: Iterable[str]) -> None:
     The folder is renamed before it is removed, so an interrupted removal never leaves a
     run folder whose records claim outputs that are gone.
     """
-    if ctx.config.keep_candidates:
-        return
     root = ctx.folder / "candidates"
+    if ctx.config.keep_candidates or not root.is_dir():
+        return
+    # An interrupted removal's leftovers go first, so that no rename below meets one.
+    for leftover in root.glob(".*.removed"):
+        shutil.rmtree(leftover, ignore_errors=True)
     for cid in sorted(candidate_ids):
         if (root / cid).is_dir():
-            (root / cid).rename(root / f".{cid}.removed")
-    for leftover in root.glob(".*.removed") if root.is_dir() else ():
-        shutil.rmtree(leftover, ignore_errors=True)
+            trash = (root / cid).rename(root / f".{cid}.removed")
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def evaluate(ctx: Context, candidate: Candidate, round_: Round) -> dict[str, Any]:
