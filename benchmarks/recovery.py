@@ -657,21 +657,22 @@ def compare_specs(args, profile: Profile) -> list[dict[str, Any]]:
     unknown = [name for name in wanted if name not in COMPARE]
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(COMPARE)}")
+    rates = {kind: _measured_rate(args, kind) for kind in ("hard", "kd")}
+    rc_cost = _measured_rc(args)
+    seed = f"-seed{args.seed}" if args.seed else ""
     specs = []
     for model in (args.models or "wanda-2of4").split(","):
         # The 2:4 model's runs keep their first ids (cmp-hard-lr0.0003, ...).
         prefix = "cmp-" if model == "wanda-2of4" else f"cmp-{model}-"
         for name in wanted:
             method, kd, first_rc = COMPARE[name]
-            rate = _measured_rate(args, "hard" if kd is None else "kd")
-            left = budget - (_measured_rc(args) if first_rc else 0.0)
             parts: dict[str, Any] = {"train": train, "evals": args.evals}
             if kd is not None:
                 parts["kd"] = kd
             if first_rc:
                 parts["rc"] = rc
-            steps = max(1, round(left / rate))
-            seed = f"-seed{args.seed}" if args.seed else ""
+            left = budget - (rc_cost if first_rc else 0.0)
+            steps = max(1, round(left / rates["hard" if kd is None else "kd"]))
             run_id = f"{prefix}{name}-lr{lr:g}{seed}"
             specs.append(_spec(run_id, model, method, steps, seed=args.seed, **parts))
     return specs
